@@ -1,0 +1,1 @@
+"""Read-only facts about a model, cached by the pass manager."""

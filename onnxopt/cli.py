@@ -1,0 +1,153 @@
+"""The `onnxopt` command line: parse arguments, call `onnxopt.api`, print. No logic here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+
+import click
+
+from onnxopt import __version__, api
+from onnxopt.infra.errors import OnnxoptError
+from onnxopt.infra.records import RunReport
+from onnxopt.tables import human_bytes, human_count, print_table
+
+log = logging.getLogger("onnxopt")
+
+
+class _Group(click.Group):
+    """Maps errors to exit codes: 2 for user errors (one line), 1 for bugs (hint to use -v)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxoptError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted: no output written", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                traceback.print_exc()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"internal error: {type(exc).__name__}: {first} (rerun with -v for the traceback)",
+                err=True,
+            )
+            sys.exit(1)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxopt")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: debug, tracebacks).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr, no table.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """onnxopt: make ONNX models smaller and faster with measured fidelity."""
+    _setup_logging(verbose, quiet)
+    ctx.obj = {"quiet": quiet}
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Where to write the optimized model (never the input).")
+@click.option("--passes", "passes", default=None, help=f"Pipeline text, e.g. 'cleanup,quant{{method=percentile}}' (default: {api.DEFAULT_PIPELINE}).")
+@click.option("--config", type=click.Path(path_type=str), default=None, help="Pipeline as YAML/JSON instead of --passes.")
+@click.option("--calib", default=None, help="Calibration data: .npz (keys = input names) or 'random'.")
+@click.option("--val", default=None, help="Validation data for the fidelity checks (default: --calib, else seeded random).")
+@click.option("--report", type=click.Path(path_type=str), default=None, help="Write the JSON report here.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for checks.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice; same seed, same output bytes.")
+@click.option("--strict", is_flag=True, help="Abort (exit 1) instead of rolling back a pass that fails its checks.")
+@click.pass_context
+def optimize(ctx, model, output, passes, config, calib, val, report, provider, seed, strict):
+    """Run a pipeline of passes on MODEL and write the result to -o.
+
+    \b
+    Examples:
+      onnxopt optimize model.onnx -o model.opt.onnx
+      onnxopt optimize model.onnx --passes 'cleanup,prune{ratio=0.3},quant' --calib calib.npz -o out.onnx
+      onnxopt optimize model.onnx --config pipeline.yaml --val val.npz --report report.json -o out.onnx
+    """
+    result = api.optimize(
+        model, output, passes=passes, config=config, calib=calib, val=val,
+        provider=provider, seed=seed, strict=strict, report=report,
+    )
+    if not ctx.obj["quiet"]:
+        _print_run(result.report)
+
+
+def _print_run(report: RunReport) -> None:
+    rows = []
+    for record in report.passes:
+        fidelity = _fidelity_text(record.fidelity)
+        rows.append([
+            record.step,
+            record.status + (f": {record.reason}" if record.reason else ""),
+            f"{record.seconds:.2f}s",
+            f"{human_count(record.before['params'])} -> {human_count(record.after['params'])}",
+            _macs_text(record.before, record.after),
+            f"{human_bytes(record.before['bytes'])} -> {human_bytes(record.after['bytes'])}",
+            fidelity,
+        ])
+    print_table(
+        f"onnxopt {report.pipeline}",
+        ["pass", "status", "time", "params", "MACs", "size", "fidelity vs before"],
+        rows,
+    )
+    total = _fidelity_text(report.fidelity)
+    print(f"output: {report.output or '(not written)'}   fidelity vs input ({report.validation}): {total}")
+    for record in report.passes:
+        for reason in record.skipped[:5]:
+            print(f"  {record.name}: {reason}")
+        if len(record.skipped) > 5:
+            print(f"  {record.name}: ... {len(record.skipped) - 5} more in the JSON report")
+
+
+def _macs_text(before: dict, after: dict) -> str:
+    if before.get("macs") is None:
+        return "n/a"
+    return f"{human_count(before['macs'])} -> {human_count(after['macs'])}"
+
+
+def _fidelity_text(fidelity: dict | None) -> str:
+    if not fidelity:
+        return "-"
+    outputs = fidelity["outputs"]
+    cosine = min(o["cosine"] for o in outputs)
+    max_rel = max(o["max_rel"] for o in outputs)
+    text = f"cos {cosine:.5f}, max rel {max_rel:.2g}"
+    top1 = [o["top1"] for o in outputs if o.get("top1") is not None]
+    if top1:
+        text += f", top1 {min(top1) * 100:.1f}%"
+    return text
+
+
+@main.command("passes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def passes_command(as_json: bool) -> None:
+    """List the registered passes with their options, defaults and docs.
+
+    \b
+    Examples:
+      onnxopt passes
+      onnxopt passes --json
+    """
+    entries = api.list_passes()
+    if as_json:
+        print(json.dumps(entries, indent=2, default=str))
+        return
+    for entry in entries:
+        print(f"{entry['name']}: {entry['summary']}")
+        for opt in entry["options"]:
+            print(f"    {opt['name']} ({opt['type_text']}, default {opt['default']!r}): {opt['doc']}")

@@ -1,0 +1,1 @@
+"""Pass infrastructure: pass contract, options, registry, pipelines, analyses, manager."""

@@ -1,0 +1,87 @@
+"""The gates a model must pass after each pass: onnx.checker, an ORT session, numeric fidelity."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from onnxopt.data import DataSource
+from onnxopt.infra.pass_base import Fidelity
+from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, save_model, stored_bytes
+from onnxopt.runtime import make_session
+from onnxopt.validate import FidelityReport, compare_sessions
+
+CHECK_LEVELS = ("full", "basic", "none")
+
+
+def checker_error(model: onnx.ModelProto, level: str) -> str | None:
+    """Run onnx.checker at `level` ('full' adds strict shape inference); the error or None."""
+    if level == "none":
+        return None
+    try:
+        if stored_bytes(model) > PROTOBUF_SAFE_BYTES:
+            with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as workdir:
+                path = Path(workdir) / "model.onnx"
+                save_model(model, path, external_data=True)
+                onnx.checker.check_model(str(path), full_check=level == "full")
+        else:
+            onnx.checker.check_model(model, full_check=level == "full")
+    except Exception as exc:  # checker raises ValidationError, InferenceError, and others
+        return f"onnx.checker ({level}): {_first_line(exc)}"
+    return None
+
+
+def strongest_passing_level(model: onnx.ModelProto) -> str:
+    """The strictest checker level the input model passes: outputs must pass it too."""
+    for level in CHECK_LEVELS:
+        if checker_error(model, level) is None:
+            return level
+    return "none"
+
+
+@dataclass
+class SessionOutcome:
+    session: ort.InferenceSession | None
+    error: str | None
+
+
+def try_session(model: onnx.ModelProto, provider: str) -> SessionOutcome:
+    try:
+        return SessionOutcome(make_session(model, provider), None)
+    except Exception as exc:  # ORT raises its own exception types for invalid graphs
+        return SessionOutcome(None, f"onnxruntime session: {_first_line(exc)}")
+
+
+def fidelity_error(report: FidelityReport, expected: Fidelity) -> str | None:
+    """Why `report` misses `expected`, or None. Cosine is not judged on synthetic data."""
+    for output in report.outputs:
+        if expected.max_rel_error is not None and not output.max_rel <= expected.max_rel_error:
+            return (
+                f"output '{output.name}' changed: max rel error {output.max_rel:.3g} "
+                f"> {expected.max_rel_error:g}"
+            )
+        if (
+            expected.min_cosine is not None
+            and not report.synthetic
+            and not output.cosine >= expected.min_cosine
+        ):
+            return f"output '{output.name}' cosine {output.cosine:.5f} < {expected.min_cosine:g}"
+    return None
+
+
+def measure_fidelity(
+    before: ort.InferenceSession, after: ort.InferenceSession, data: DataSource
+) -> tuple[FidelityReport | None, str | None]:
+    try:
+        return compare_sessions(before, after, data), None
+    except Exception as exc:  # a changed model can fail at run time in many ways
+        return None, f"running the model failed: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

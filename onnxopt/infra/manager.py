@@ -1,0 +1,146 @@
+"""Runs a pipeline: each pass on a copy, then the gates; a pass that fails them is rolled back."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from onnxopt import __version__
+from onnxopt.analyses.stats import model_stats
+from onnxopt.data import DataSource, RandomSource, input_specs
+from onnxopt.infra import checks
+from onnxopt.infra.errors import CheckFailed, OnnxoptError, PassCrashed
+from onnxopt.infra.instrument import Instrument, measure
+from onnxopt.infra.pass_base import Pass, PassContext
+from onnxopt.infra.pipeline import Pipeline
+from onnxopt.infra.records import PassRecord, RunReport, write_metadata
+from onnxopt.infra.registry import get_pass_class
+
+log = logging.getLogger(__name__)
+
+
+class PassManager:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        provider: str = "cpu",
+        seed: int = 0,
+        strict: bool = False,
+        calibration: DataSource | None = None,
+        validation: DataSource | None = None,
+        instruments: Sequence[Instrument] = (),
+    ) -> None:
+        self.pipeline = pipeline
+        self.passes: list[Pass] = [
+            get_pass_class(step.name)(step.options) for step in pipeline.steps
+        ]
+        self.provider = provider
+        self.seed = seed
+        self.strict = strict
+        self.calibration = calibration
+        self.validation = validation
+        self.instruments = list(instruments)
+
+    def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, RunReport]:
+        """Optimize `model` (left unmodified) and return the new model with its report."""
+        self._check_preconditions(model)
+        data = self.validation or self.calibration or self._synthetic_data(model)
+        report = RunReport(
+            version=__version__,
+            pipeline=self.pipeline.to_text(full=True),
+            provider=self.provider,
+            seed=self.seed,
+            calibration=self.calibration.description if self.calibration else None,
+            validation=data.description,
+            checker_level=checks.strongest_passing_level(model),
+            before=model_stats(model),
+        )
+        start = checks.try_session(model, self.provider)
+        if start.session is None:
+            raise OnnxoptError(f"the input model does not load in onnxruntime: {start.error}")
+        with tempfile.TemporaryDirectory(prefix="onnxopt-run-") as workdir:
+            ctx = PassContext(
+                provider=self.provider,
+                seed=self.seed,
+                calibration=self.calibration,
+                validation=self.validation,
+                workdir=Path(workdir),
+            )
+            current, session = model, start.session
+            for index, (step, pass_) in enumerate(zip(self.pipeline.steps, self.passes, strict=True)):
+                previous = [s.name for s in self.pipeline.steps[:index]]
+                record = PassRecord(name=pass_.name, step=step.to_text(), before=report.after or report.before)
+                current, session = self._run_one(pass_, current, session, ctx, data, record, previous, report)
+                report.passes.append(record)
+                report.after = record.after
+        report.after = model_stats(current)
+        final = checks.measure_fidelity(start.session, session, data)[0]
+        report.fidelity = final.to_dict() if final else None
+        output = copy.deepcopy(current) if current is model else current
+        write_metadata(output, report)
+        return output, report
+
+    def _run_one(self, pass_, model, session, ctx, data, record, previous, report):
+        for instrument in self.instruments:
+            instrument.before_pass(pass_.name)
+        snapshot = ctx.analyses.snapshot()
+        try:
+            with measure() as usage:
+                result = pass_.run(copy.deepcopy(model), ctx)
+        except OnnxoptError:
+            raise
+        except Exception as exc:
+            for instrument in self.instruments:
+                instrument.pass_failed(pass_.name, exc)
+            raise PassCrashed(pass_.name, previous, exc) from exc
+        record.seconds, record.peak_rss_mb = usage.seconds, usage.peak_rss_mb
+        record.stats, record.skipped = result.stats, result.skipped
+        record.expected = pass_.fidelity().describe()
+        accepted_model, accepted_session = model, session
+        if result.changed:
+            failure, new_session = self._gate(pass_, result.model, session, data, record, report)
+            if failure is None:
+                record.status = "changed"
+                accepted_model, accepted_session = result.model, new_session
+                ctx.analyses.invalidate(pass_.preserves)
+            else:
+                record.status, record.reason = "rolled back", failure
+                ctx.analyses.restore(snapshot)
+                log.warning("pass '%s' rolled back: %s", pass_.name, failure)
+                if self.strict:
+                    raise CheckFailed(f"pass '{pass_.name}' rolled back (--strict): {failure}")
+        record.after = model_stats(accepted_model)
+        for instrument in self.instruments:
+            instrument.after_pass(pass_.name, record)
+        return accepted_model, accepted_session
+
+    def _gate(self, pass_, candidate, session, data, record, report):
+        """Check the candidate; return (failure reason or None, its session)."""
+        error = checks.checker_error(candidate, report.checker_level)
+        if error:
+            return error, None
+        outcome = checks.try_session(candidate, self.provider)
+        if outcome.session is None:
+            return outcome.error, None
+        fidelity, error = checks.measure_fidelity(session, outcome.session, data)
+        if error:
+            return error, None
+        record.fidelity = fidelity.to_dict()
+        error = checks.fidelity_error(fidelity, pass_.fidelity())
+        return error, outcome.session
+
+    def _check_preconditions(self, model: onnx.ModelProto) -> None:
+        """Refuse before any work when a pass cannot run at all (opset, missing data)."""
+        ctx = PassContext(calibration=self.calibration)
+        for pass_ in self.passes:
+            pass_.check_applicable(model, ctx)
+
+    def _synthetic_data(self, model: onnx.ModelProto) -> DataSource:
+        log.info("no validation data given: checking each pass on seeded random inputs")
+        return RandomSource(input_specs(model), seed=self.seed)

@@ -1,0 +1,128 @@
+"""The pass contract: `run(model, ctx) -> PassResult`, checked by the base class."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import onnx
+
+from onnxopt.infra.analysis import AnalysisCache
+from onnxopt.infra.errors import InputError, PassRefused
+from onnxopt.infra.options import NoOptions
+from onnxopt.ir.graph import default_opset
+
+if TYPE_CHECKING:
+    from onnxopt.data import DataSource
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How close a pass's output must stay to its input on the validation samples.
+
+    `max_rel_error`: max |after - before| <= max_rel_error * max(1, max |before|), per output.
+    `min_cosine`: cosine similarity of the flattened outputs, per output.
+    """
+
+    max_rel_error: float | None = None
+    min_cosine: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_rel_error is not None:
+            parts.append(f"max rel error <= {self.max_rel_error:g}")
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g}")
+        return ", ".join(parts) or "no numeric check"
+
+
+EXACT = Fidelity(max_rel_error=1e-5)
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the model: data, provider, seed, analyses, scratch space."""
+
+    provider: str = "cpu"
+    seed: int = 0
+    calibration: DataSource | None = None
+    validation: DataSource | None = None
+    analyses: AnalysisCache = field(default_factory=AnalysisCache)
+    workdir: Path | None = None
+
+    def require_calibration(self, pass_name: str) -> DataSource:
+        if self.calibration is None:
+            raise InputError(
+                f"pass '{pass_name}' needs calibration data: give --calib FILE "
+                "(or --calib random for a smoke test with meaningless fidelity)"
+            )
+        return self.calibration
+
+
+@dataclass
+class PassResult:
+    """A pass's output model, whether it changed anything, counters, and what it refused and why."""
+
+    model: onnx.ModelProto
+    changed: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+class Pass(ABC):
+    """Base class of every pass. Subclasses set the class attributes and implement `apply`.
+
+    `apply` receives a private copy of the model and may mutate it; the manager keeps the
+    original for rollback.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    min_opset: ClassVar[int] = 1
+    preserves: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def fidelity(self) -> Fidelity:
+        """The numeric check the manager applies after this pass; exact by default."""
+        return EXACT
+
+    def requires_calibration(self) -> bool:
+        """Whether this configuration of the pass needs calibration data."""
+        return False
+
+    def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
+        """Raise PassRefused/InputError when the pass cannot run on `model` at all."""
+        opset = default_opset(model)
+        if opset < self.min_opset:
+            raise PassRefused(
+                f"pass '{self.name}' needs opset >= {self.min_opset}, the model has opset {opset} "
+                "(convert it with onnx.version_converter first)"
+            )
+        if self.requires_calibration():
+            ctx.require_calibration(self.name)
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        self.check_applicable(model, ctx)
+        result = self.apply(model, ctx)
+        self._check_contract(result)
+        return result
+
+    @abstractmethod
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult: ...
+
+    def _check_contract(self, result: Any) -> None:
+        if not isinstance(result, PassResult):
+            raise TypeError(f"pass '{self.name}' returned {type(result).__name__}, not PassResult")
+        if not isinstance(result.model, onnx.ModelProto):
+            raise TypeError(f"pass '{self.name}' returned a {type(result.model).__name__} model")
+        json.dumps(result.stats)
+        if not all(isinstance(reason, str) for reason in result.skipped):
+            raise TypeError(f"pass '{self.name}' reported non-text skip reasons")
+
+

@@ -1,0 +1,80 @@
+"""What a pipeline run reports: one record per pass, the run's totals, the model metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+
+ACCEPTED = ("changed", "unchanged")
+
+
+@dataclass
+class PassRecord:
+    name: str
+    step: str
+    status: str = "unchanged"  # changed | unchanged | rolled back
+    reason: str = ""
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    expected: str = ""
+    fidelity: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The deterministic part (no timings) written into the model's metadata."""
+        return {
+            "pass": self.step,
+            "status": self.status,
+            "reason": self.reason,
+            "stats": self.stats,
+            "skipped": len(self.skipped),
+        }
+
+
+@dataclass
+class RunReport:
+    version: str
+    pipeline: str
+    provider: str
+    seed: int
+    input: str = ""
+    output: str = ""
+    calibration: str | None = None
+    validation: str = ""
+    checker_level: str = "full"
+    passes: list[PassRecord] = field(default_factory=list)
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+METADATA_KEYS = ("onnxopt.version", "onnxopt.pipeline", "onnxopt.passes")
+
+
+def write_metadata(model: onnx.ModelProto, report: RunReport) -> None:
+    """Record how the model was made; replaces any earlier onnxopt entries."""
+    kept = [p for p in model.metadata_props if p.key not in METADATA_KEYS]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    summaries = json.dumps([p.summary() for p in report.passes], sort_keys=True)
+    onnx.helper.set_model_props(
+        model,
+        {
+            **{p.key: p.value for p in kept},
+            "onnxopt.version": report.version,
+            "onnxopt.pipeline": report.pipeline,
+            "onnxopt.passes": summaries,
+        },
+    )

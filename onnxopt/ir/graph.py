@@ -1,0 +1,137 @@
+"""Topology and constant lookup on ONNX protos; conversion to and from onnx-graphsurgeon.
+
+This package is the only one that imports onnx_graphsurgeon.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+# graphsurgeon's logger prints to stdout; our stdout belongs to the CLI.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+log = logging.getLogger(__name__)
+
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset for the default ONNX domain (0 when it imports none)."""
+    for entry in model.opset_import:
+        if entry.domain in ONNX_DOMAINS:
+            return entry.version
+    return 0
+
+
+def is_onnx_domain(node: onnx.NodeProto) -> bool:
+    return node.domain in ONNX_DOMAINS
+
+
+class GraphIndex:
+    """Producers, consumers and constants of one GraphProto (read-only; rebuild after edits).
+
+    Constants are initializers and outputs of Constant nodes: many exports (Paddle, older
+    PyTorch) keep weights in Constant nodes.
+    """
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.graph_inputs = {v.name for v in graph.input}
+        self.graph_outputs = {v.name for v in graph.output}
+        for node in graph.node:
+            for name in node.output:
+                if name:
+                    self.producer[name] = node
+            for name in set(node.input):
+                if name:
+                    self.consumers[name].append(node)
+
+    def is_constant(self, name: str) -> bool:
+        if name in self.initializers:
+            return name not in self.graph_inputs
+        node = self.producer.get(name)
+        return node is not None and node.op_type == "Constant" and is_onnx_domain(node)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor, or None if `name` is not a constant."""
+        if name in self.initializers:
+            if name in self.graph_inputs:
+                return None  # an input with a default value can be overridden at run time
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None or node.op_type != "Constant" or not is_onnx_domain(node):
+            return None
+        return constant_node_value(node)
+
+    def single_consumer(self, name: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(name, [])
+        if len(users) != 1 or name in self.graph_outputs:
+            return None
+        return users[0]
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node, whichever attribute holds it."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def has_subgraphs(model: onnx.ModelProto) -> bool:
+    return any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in model.graph.node
+        for attr in node.attribute
+    )
+
+
+def to_graphsurgeon(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def from_graphsurgeon(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export `graph` keeping every model-level field of `like` (IR version, opsets, metadata)."""
+    model = gs.export_onnx(graph, do_type_check=False, opset_imports=list(like.opset_import))
+    model.ir_version = like.ir_version
+    model.producer_name = like.producer_name
+    model.producer_version = like.producer_version
+    model.domain = like.domain
+    model.model_version = like.model_version
+    model.doc_string = like.doc_string
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    return model
+
+
+def make_tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(value), name)
+
+
+def tensor_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    return {name for node in nodes for name in (*node.input, *node.output) if name}

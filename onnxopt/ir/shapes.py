@@ -1,0 +1,111 @@
+"""Shape inference with symbolic dims: onnx's (with data propagation), then ORT's symbolic
+inference when onnx's leaves tensors without a shape. The result says which tensors stay unknown.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
+
+log = logging.getLogger(__name__)
+
+Dim = int | str | None  # int: static, str: symbolic name, None: unknown
+
+
+@dataclass
+class ShapeInfo:
+    """Inferred element types and shapes of every tensor in the main graph."""
+
+    shapes: dict[str, tuple[Dim, ...] | None] = field(default_factory=dict)
+    dtypes: dict[str, int] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    engine: str = "onnx"
+    errors: list[str] = field(default_factory=list)
+
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        return self.shapes.get(name)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        shape = self.shapes.get(name)
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return None
+        return shape  # type: ignore[return-value]
+
+
+def infer_shapes(model: onnx.ModelProto) -> ShapeInfo:
+    """Infer shapes without modifying `model`; errors of each engine are kept, not swallowed."""
+    errors: list[str] = []
+    best = _run_onnx(model, errors)
+    if best is not None and not best.unknown:
+        return best
+    symbolic = _run_symbolic(model, errors)
+    candidates = [c for c in (best, symbolic) if c is not None]
+    if not candidates:
+        info = ShapeInfo(errors=errors)
+        info.unknown = _all_value_names(model)
+        return info
+    chosen = min(candidates, key=lambda info: len(info.unknown))
+    chosen.errors = errors
+    return chosen
+
+
+def _run_onnx(model: onnx.ModelProto, errors: list[str]) -> ShapeInfo | None:
+    if stored_bytes(model) > PROTOBUF_SAFE_BYTES:
+        errors.append("onnx: model over 2 GB, in-memory inference skipped")
+        return None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several unrelated types here
+        errors.append(f"onnx: {type(exc).__name__}: {exc}")
+        return None
+    return _collect(inferred, "onnx")
+
+
+def _run_symbolic(model: onnx.ModelProto, errors: list[str]) -> ShapeInfo | None:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
+    except Exception as exc:  # the tool raises bare Exceptions for unsupported ops
+        errors.append(f"ort-symbolic: {type(exc).__name__}: {exc}")
+        return None
+    if inferred is None:
+        errors.append("ort-symbolic: gave up")
+        return None
+    return _collect(inferred, "ort-symbolic")
+
+
+def _collect(model: onnx.ModelProto, engine: str) -> ShapeInfo:
+    info = ShapeInfo(engine=engine)
+    graph = model.graph
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            continue
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type:
+            info.dtypes[value.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape"):
+            info.shapes[value.name] = tuple(_dim(d) for d in tensor_type.shape.dim)
+    for init in graph.initializer:
+        info.shapes[init.name] = tuple(init.dims)
+        info.dtypes[init.name] = init.data_type
+    info.unknown = [name for name in _all_value_names(model) if name not in info.shapes]
+    return info
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    if dim.HasField("dim_param"):
+        return dim.dim_param
+    return None
+
+
+def _all_value_names(model: onnx.ModelProto) -> list[str]:
+    return [name for node in model.graph.node for name in node.output if name]

@@ -1,0 +1,69 @@
+"""ONNX Runtime sessions on a named execution provider, with no silent fallback."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from onnxopt.infra.errors import InputError
+from onnxopt.ir.io import serialize_for_runtime
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def provider_name(provider: str) -> str:
+    """Map 'cpu'/'cuda' to ORT's provider name; raise InputError if it is unknown or absent."""
+    if provider not in PROVIDERS:
+        raise InputError(f"unknown provider '{provider}' (choose from: {', '.join(PROVIDERS)})")
+    name = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if name not in available:
+        hint = " (install onnxruntime-gpu and run on a machine with a CUDA GPU)" * (provider == "cuda")
+        raise InputError(
+            f"execution provider {name} is not available{hint}; available: {', '.join(available)}"
+        )
+    return name
+
+
+def session_options(
+    *,
+    threads: int | None = None,
+    optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    optimized_model_path: str | None = None,
+) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = optimization
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_model_path:
+        options.optimized_model_filepath = optimized_model_path
+    return options
+
+
+def make_session(
+    model: onnx.ModelProto | str | Path,
+    provider: str = "cpu",
+    *,
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """Create a session on exactly `provider`; large in-memory models go through a temp file."""
+    name = provider_name(provider)
+    providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
+    options = options or session_options()
+    if isinstance(model, (str, Path)):
+        session = ort.InferenceSession(str(model), options, providers=providers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="onnxopt-session-") as workdir:
+            source = serialize_for_runtime(model, Path(workdir))
+            session = ort.InferenceSession(source, options, providers=providers)
+    if name not in session.get_providers():
+        raise InputError(f"onnxruntime did not enable {name} for this model")
+    return session

@@ -1,0 +1,5 @@
+"""Built-in passes. Each import below registers one pass by its stable name."""
+
+from onnxopt.passes import cleanup
+
+__all__ = ["cleanup"]

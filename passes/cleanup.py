@@ -1,0 +1,207 @@
+"""`cleanup`: BatchNormalization folding, constant folding, pass-through removal, dead code.
+
+Rewrites, in the main graph:
+- BatchNormalization (inference form) after a Conv, ConvTranspose or Gemm whose output only it
+  reads, whose weights and the BN parameters are constants: folded into the layer's weights.
+- Identity, Dropout (inference: no mask output read, training_mode absent or false), and
+  Reshape whose inferred input and output shapes are equal and static: removed.
+- Constant subgraphs: evaluated (onnx-graphsurgeon + ORT), unless the result exceeds
+  `fold_limit_mb`; a folding error is reported, never hidden, and folding is then skipped.
+- Nodes and initializers no output depends on: removed; nodes sorted topologically.
+
+Refuses (and reports) a fold when a weight is not constant or the layer's output has other readers.
+Subgraphs (If/Loop/Scan bodies) are left as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxopt.infra.options import option
+from onnxopt.infra.pass_base import Pass, PassContext, PassResult
+from onnxopt.infra.registry import register_pass
+from onnxopt.ir.edit import bypass_node, fold_constants, remove_dead_code
+from onnxopt.ir.graph import GraphIndex, is_onnx_domain, make_tensor, node_attr
+from onnxopt.ir.shapes import infer_shapes
+
+log = logging.getLogger(__name__)
+
+FOLDABLE_LAYERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+@dataclass(frozen=True)
+class CleanupOptions:
+    fold_bn: bool = option(True, "fold BatchNormalization into the preceding Conv/ConvTranspose/Gemm")
+    fold_constants: bool = option(True, "evaluate subgraphs whose inputs are all constant")
+    fold_limit_mb: float = option(64.0, "do not fold constants whose result exceeds this size (MB)", low=0)
+    remove_passthrough: bool = option(True, "remove Identity, inference Dropout and no-op Reshape")
+
+
+@register_pass
+class CleanupPass(Pass):
+    name = "cleanup"
+    summary = "fold BatchNorm and constants, remove Identity/Dropout/no-op Reshape and dead code"
+    Options = CleanupOptions
+
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        stats = {"bn_folded": 0, "passthrough_removed": 0, "nodes_before": len(model.graph.node)}
+        initializers_before = len(model.graph.initializer)
+        skipped: list[str] = []
+        if self.options.remove_passthrough:
+            stats["passthrough_removed"] = _remove_passthrough(model, skipped)
+        if self.options.fold_constants:
+            try:
+                model = fold_constants(model, int(self.options.fold_limit_mb * 1e6))
+            except Exception as exc:  # graphsurgeon re-raises ORT's errors of any type
+                skipped.append(f"constant folding skipped: {type(exc).__name__}: {exc}".splitlines()[0])
+        if self.options.fold_bn:
+            stats["bn_folded"] = _fold_batchnorms(model.graph, skipped)
+        model = remove_dead_code(model)
+        stats["nodes_after"] = len(model.graph.node)
+        changed = (
+            stats["bn_folded"] > 0
+            or stats["passthrough_removed"] > 0
+            or stats["nodes_after"] != stats["nodes_before"]
+            or len(model.graph.initializer) != initializers_before
+        )
+        return PassResult(model, changed, stats, skipped)
+
+
+def _fold_batchnorms(graph: onnx.GraphProto, skipped: list[str]) -> int:
+    folded = 0
+    for bn in [n for n in graph.node if n.op_type == "BatchNormalization" and is_onnx_domain(n)]:
+        index = GraphIndex(graph)
+        reason = _fold_one(graph, index, bn)
+        if reason is None:
+            folded += 1
+        else:
+            skipped.append(f"BatchNormalization '{bn.name or bn.output[0]}' not folded: {reason}")
+    return folded
+
+
+def _fold_one(graph: onnx.GraphProto, index: GraphIndex, bn: onnx.NodeProto) -> str | None:
+    if len([o for o in bn.output if o]) != 1 or node_attr(bn, "training_mode", 0):
+        return "training-mode BatchNormalization"
+    layer = index.producer.get(bn.input[0])
+    if layer is None or layer.op_type not in FOLDABLE_LAYERS or not is_onnx_domain(layer):
+        return "not preceded by Conv/ConvTranspose/Gemm"
+    if index.single_consumer(layer.output[0]) is not bn:
+        return f"{layer.op_type} output has other readers"
+    params = [index.constant(name) for name in bn.input[1:5]]
+    if any(p is None for p in params):
+        return "BatchNormalization parameters are not constant"
+    weight = index.constant(layer.input[1])
+    if weight is None or weight.dtype.kind != "f":
+        return f"{layer.op_type} weight is not a float constant"
+    bias_name = layer.input[2] if len(layer.input) > 2 and layer.input[2] else None
+    channels = params[0].shape[0]
+    bias = np.zeros(channels, weight.dtype) if bias_name is None else index.constant(bias_name)
+    if bias is None:
+        return f"{layer.op_type} bias is not constant"
+    scale, beta, mean, var = (p.astype(np.float64) for p in params)
+    mult = scale / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
+    folded = _folded_weights(layer, weight, bias, mult, channels)
+    if isinstance(folded, str):
+        return folded
+    new_weight, effective_bias = folded
+    new_bias = (effective_bias - mean) * mult + beta
+    _rewire(graph, layer, bn, new_weight.astype(weight.dtype), new_bias.astype(weight.dtype))
+    return None
+
+
+def _folded_weights(layer, weight, bias, mult, channels):
+    """(scaled weight, bias as the BN sees it) in float64, or why the layer cannot take the fold."""
+    w = weight.astype(np.float64)
+    b = bias.astype(np.float64)
+    if layer.op_type == "Conv":
+        if w.shape[0] != channels or b.shape != (channels,):
+            return "channel counts differ"
+        return w * mult.reshape(-1, *([1] * (w.ndim - 1))), b
+    if layer.op_type == "ConvTranspose":
+        group = int(node_attr(layer, "group", 1))
+        c_in, per_group = w.shape[:2]
+        if per_group * group != channels or b.shape != (channels,):
+            return "channel counts differ"
+        grouped = w.reshape(group, c_in // group, per_group, *w.shape[2:])
+        scaled = grouped * mult.reshape(group, 1, per_group, *([1] * (w.ndim - 2)))
+        return scaled.reshape(w.shape), b
+    trans_b = bool(node_attr(layer, "transB", 0))
+    out_features = w.shape[0] if trans_b else w.shape[1]
+    if out_features != channels or b.size not in (1, channels):
+        return "Gemm bias is not per output feature"
+    beta = float(node_attr(layer, "beta", 1.0))
+    scaled = w * mult[:, None] if trans_b else w * mult[None, :]
+    return scaled, beta * np.broadcast_to(b.reshape(-1), (channels,))
+
+
+def _rewire(graph, layer, bn, weight, bias) -> None:
+    """Point the layer at new weight/bias initializers and let it produce the BN's output."""
+    prefix = layer.name or layer.output[0]
+    weight_name = _fresh_name(graph, f"{prefix}.weight_bnfolded")
+    bias_name = _fresh_name(graph, f"{prefix}.bias_bnfolded")
+    graph.initializer.extend([make_tensor(weight_name, weight), make_tensor(bias_name, bias)])
+    layer.input[1] = weight_name
+    if len(layer.input) > 2:
+        layer.input[2] = bias_name
+    else:
+        layer.input.append(bias_name)
+    if layer.op_type == "Gemm":
+        _set_float_attr(layer, "beta", 1.0)
+    layer.output[0] = bn.output[0]
+    graph.node.remove(bn)
+
+
+def _set_float_attr(node: onnx.NodeProto, name: str, value: float) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            attr.f = value
+            return
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _fresh_name(graph: onnx.GraphProto, base: str) -> str:
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    name, counter = base, 1
+    while name in taken:
+        name, counter = f"{base}_{counter}", counter + 1
+    return name
+
+
+def _remove_passthrough(model: onnx.ModelProto, skipped: list[str]) -> int:
+    graph = model.graph
+    shapes = None
+    removed = 0
+    for node in list(graph.node):
+        if not is_onnx_domain(node):
+            continue
+        if node.op_type == "Reshape":
+            shapes = shapes or infer_shapes(model)
+            if not _is_noop_reshape(node, shapes):
+                continue
+        elif not _is_passthrough(node):
+            continue
+        if bypass_node(graph, node):
+            removed += 1
+        else:
+            skipped.append(f"{node.op_type} '{node.name or node.output[0]}' kept: it links a graph input to an output")
+    return removed
+
+
+def _is_passthrough(node: onnx.NodeProto) -> bool:
+    if node.op_type == "Identity":
+        return True
+    if node.op_type != "Dropout":
+        return False
+    mask_read = len(node.output) > 1 and bool(node.output[1])
+    training = len(node.input) > 2 and bool(node.input[2])
+    return not mask_read and not training
+
+
+def _is_noop_reshape(node: onnx.NodeProto, shapes) -> bool:
+    before = shapes.static_shape(node.input[0])
+    after = shapes.static_shape(node.output[0])
+    return before is not None and before == after
