@@ -46,6 +46,8 @@ class CleanupPass(Pass):
     name = "cleanup"
     summary = "fold BatchNorm and constants, remove Identity/Dropout/no-op Reshape and dead code"
     Options = CleanupOptions
+    # Before opset 7, BatchNormalization and Dropout carried is_test/spatial semantics.
+    min_opset = 7
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         stats = {"bn_folded": 0, "passthrough_removed": 0, "nodes_before": len(model.graph.node)}

@@ -125,7 +125,7 @@ def save_model(
     data_target = target.parent / data_name
     protected = {p.resolve() for p in protect}
     use_external = stored_bytes(model) > PROTOBUF_SAFE_BYTES if external_data is None else external_data
-    if use_external and data_target in protected:
+    if use_external and data_target.resolve() in protected:
         raise InputError(f"refusing to overwrite the input model's data file: {data_target}")
 
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=target.parent) as staging:

@@ -1,0 +1,318 @@
+"""Fidelity of a candidate model against a reference under ONNX Runtime.
+
+Metrics per output, accumulated while streaming (memory does not grow with the samples):
+max/mean absolute error, max error relative to the reference's range, cosine similarity,
+SNR in dB, and for 2-D logits top-1/top-5 agreement. `validate_models` runs two models on
+the same data and judges the result against `Thresholds`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxopt.data import DataSource, Feed, ImagePreprocess, input_specs, open_data
+from onnxopt.infra.errors import CheckFailed, InputError
+from onnxopt.ir.io import load_model
+from onnxopt.runtime import make_session, provider_name, session_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputFidelity:
+    name: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine: float
+    snr_db: float
+    top1: float | None = None
+    top5: float | None = None
+
+
+@dataclass
+class FidelityReport:
+    outputs: list[OutputFidelity]
+    samples: int
+    data: str = ""
+    synthetic: bool = False
+    thresholds: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    """Thresholds missed, one line each (empty when none were given or all were met)."""
+
+    def worst(self, metric: str, *, largest_is_worst: bool = False) -> float | None:
+        values = [getattr(o, metric) for o in self.outputs if getattr(o, metric) is not None]
+        if not values:
+            return None
+        return max(values) if largest_is_worst else min(values)
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "data": self.data,
+            "synthetic": self.synthetic,
+            "outputs": [asdict(o) for o in self.outputs],
+            "thresholds": self.thresholds,
+            "failures": self.failures,
+        }
+
+    def raise_for_failures(self) -> None:
+        """Raise CheckFailed (exit 1) naming the first missed threshold, if any."""
+        if self.failures:
+            more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+            raise CheckFailed(f"validation failed: {self.failures[0]}{more}")
+
+
+class _Accumulator:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.ref_peak = 0.0
+        self.dot = 0.0
+        self.ref_sq = 0.0
+        self.cand_sq = 0.0
+        self.err_sq = 0.0
+        self.rows = 0
+        self.top1 = 0
+        self.top5 = 0
+        self.classifier: bool | None = None
+        self.nonfinite = False
+
+    def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        if ref.shape != cand.shape:
+            raise ValueError(f"output '{self.name}' shape changed: {ref.shape} -> {cand.shape}")
+        r = np.asarray(ref, dtype=np.float64).ravel()
+        c = np.asarray(cand, dtype=np.float64).ravel()
+        if not (np.all(np.isfinite(c)) and np.all(np.isfinite(r))):
+            self.nonfinite = self.nonfinite or not np.array_equal(r, c, equal_nan=True)
+            r, c = np.nan_to_num(r), np.nan_to_num(c)
+        err = np.abs(c - r)
+        self.count += r.size
+        if r.size:
+            self.max_abs = max(self.max_abs, float(err.max()))
+            self.ref_peak = max(self.ref_peak, float(np.abs(r).max()))
+        self.sum_abs += float(err.sum())
+        self.dot += float(r @ c)
+        self.ref_sq += float(r @ r)
+        self.cand_sq += float(c @ c)
+        self.err_sq += float(err @ err)
+        is_logits = ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating)
+        self.classifier = is_logits if self.classifier is None else self.classifier and is_logits
+        if is_logits:
+            self._update_topk(ref, cand)
+
+    def _update_topk(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        ref_top = np.argmax(ref, axis=1)
+        self.rows += ref.shape[0]
+        self.top1 += int(np.sum(np.argmax(cand, axis=1) == ref_top))
+        k = min(5, cand.shape[1])
+        cand_top5 = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+        self.top5 += int(np.sum(np.any(cand_top5 == ref_top[:, None], axis=1)))
+
+    def result(self) -> OutputFidelity:
+        if self.nonfinite:
+            nan = float("nan")
+            return OutputFidelity(self.name, math.inf, math.inf, math.inf, nan, -math.inf)
+        denom = math.sqrt(self.ref_sq * self.cand_sq)
+        cosine = self.dot / denom if denom > 0 else float(self.ref_sq == self.cand_sq)
+        signal = max(self.ref_sq, 1e-300)
+        snr = math.inf if self.err_sq == 0 else 10 * math.log10(signal / self.err_sq)
+        classifier = bool(self.classifier) and self.rows > 0
+        return OutputFidelity(
+            name=self.name,
+            max_abs=self.max_abs,
+            mean_abs=self.sum_abs / max(self.count, 1),
+            max_rel=self.max_abs / max(1.0, self.ref_peak),
+            cosine=cosine,
+            snr_db=snr,
+            top1=self.top1 / self.rows if classifier else None,
+            top5=self.top5 / self.rows if classifier else None,
+        )
+
+
+Runner = Callable[[Feed], list[np.ndarray]]
+
+
+def session_runner(session: ort.InferenceSession) -> Runner:
+    names = [o.name for o in session.get_outputs()]
+    return lambda feed: session.run(names, feed)
+
+
+def compare_runners(
+    reference: Runner,
+    candidate: Runner,
+    output_names: list[str],
+    data: DataSource,
+    *,
+    limit_batches: int | None = None,
+) -> FidelityReport:
+    """Run both on every feed of `data` and accumulate per-output fidelity metrics."""
+    accumulators = [_Accumulator(name) for name in output_names]
+    samples = 0
+    for index, feed in enumerate(data):
+        if limit_batches is not None and index >= limit_batches:
+            break
+        ref_outputs = reference(feed)
+        cand_outputs = candidate(feed)
+        if len(ref_outputs) != len(cand_outputs):
+            raise ValueError(f"output count changed: {len(ref_outputs)} -> {len(cand_outputs)}")
+        for acc, ref, cand in zip(accumulators, ref_outputs, cand_outputs, strict=True):
+            acc.update(np.asarray(ref), np.asarray(cand))
+        samples += _batch_of(feed)
+    return FidelityReport(
+        outputs=[acc.result() for acc in accumulators],
+        samples=samples,
+        data=data.description,
+        synthetic=data.synthetic,
+    )
+
+
+def compare_sessions(
+    reference: ort.InferenceSession,
+    candidate: ort.InferenceSession,
+    data: DataSource,
+    *,
+    limit_batches: int | None = None,
+) -> FidelityReport:
+    """Compare outputs matched by name (by position, with a warning, if the names differ)."""
+    names = [o.name for o in reference.get_outputs()]
+    candidate_names = matched_outputs(names, [o.name for o in candidate.get_outputs()])
+    return compare_runners(
+        session_runner(reference),
+        lambda feed: candidate.run(candidate_names, feed),
+        names,
+        data,
+        limit_batches=limit_batches,
+    )
+
+
+def matched_outputs(reference: list[str], candidate: list[str]) -> list[str]:
+    """The candidate's output names in the reference's order."""
+    if set(reference) <= set(candidate):
+        return list(reference)
+    if len(reference) != len(candidate):
+        missing = next(n for n in reference if n not in candidate)
+        raise InputError(
+            f"candidate has no output '{missing}' and {len(candidate)} outputs instead of "
+            f"{len(reference)} (candidate outputs: {', '.join(candidate)})"
+        )
+    pairs = ", ".join(f"{r}~{c}" for r, c in zip(reference, candidate, strict=True) if r != c)
+    log.warning("output names differ; matching outputs by position: %s", pairs)
+    return list(candidate)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Gates for `validate`; None skips a gate. Every output must meet every gate."""
+
+    min_cosine: float | None = None
+    """Lowest acceptable cosine similarity."""
+    min_top1: float | None = None
+    """Lowest acceptable top-1 agreement (fraction, 0..1) on 2-D logits outputs."""
+    max_abs: float | None = None
+    """Largest acceptable absolute error."""
+
+    def given(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def threshold_failures(report: FidelityReport, thresholds: Thresholds) -> list[str]:
+    """One line per output and gate missed. NaN never passes a gate."""
+    failures = []
+    for out in report.outputs:
+        if thresholds.min_cosine is not None and not out.cosine >= thresholds.min_cosine:
+            failures.append(
+                f"output '{out.name}' cosine {out.cosine:.6f} < {thresholds.min_cosine:g}"
+            )
+        if thresholds.max_abs is not None and not out.max_abs <= thresholds.max_abs:
+            failures.append(
+                f"output '{out.name}' max abs error {out.max_abs:.4g} > {thresholds.max_abs:g}"
+            )
+        if (
+            thresholds.min_top1 is not None
+            and out.top1 is not None
+            and not out.top1 >= thresholds.min_top1
+        ):
+            failures.append(
+                f"output '{out.name}' top-1 agreement {out.top1:.4f} < {thresholds.min_top1:g}"
+            )
+    if thresholds.min_top1 is not None and all(o.top1 is None for o in report.outputs):
+        failures.append("top-1 agreement not measured: no output is 2-D logits")
+    return failures
+
+
+ModelArg = str | os.PathLike | onnx.ModelProto
+
+
+def validate_models(
+    reference: ModelArg,
+    candidate: ModelArg,
+    data: str | os.PathLike | DataSource | object,
+    *,
+    thresholds: Thresholds | None = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+    batch_size: int | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    preprocess: ImagePreprocess | None = None,
+    seed: int = 0,
+    limit_batches: int | None = None,
+) -> FidelityReport:
+    """Run both models under ORT on the same feeds of `data`; judge against `thresholds`.
+
+    `data` is anything `onnxopt.data.open_data` accepts (opened for the reference's inputs).
+    The returned report lists missed thresholds in `failures`; it does not raise for them.
+    """
+    provider_name(provider)
+    ref_proto, ref_source = _model(reference)
+    cand_proto, cand_source = _model(candidate)
+    _check_same_inputs(ref_proto, cand_proto)
+    if data is None:
+        raise InputError("validate needs data: a .npz/.npy file, a folder, or 'random'")
+    source = open_data(
+        data, ref_proto, batch_size=batch_size, seed=seed, shapes=shapes, preprocess=preprocess
+    )
+    ref_session = make_session(ref_source, provider, options=session_options(threads=threads))
+    cand_session = make_session(cand_source, provider, options=session_options(threads=threads))
+    report = compare_sessions(ref_session, cand_session, source, limit_batches=limit_batches)
+    if report.samples == 0:
+        raise InputError(f"no samples in {source.description}")
+    thresholds = thresholds or Thresholds()
+    report.thresholds = thresholds.given()
+    report.failures = threshold_failures(report, thresholds)
+    return report
+
+
+def _model(model: ModelArg) -> tuple[onnx.ModelProto, onnx.ModelProto | str]:
+    """The proto (for input specs) and what a session is made from (the path when there is one)."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model
+    loaded = load_model(model)
+    return loaded.proto, str(Path(loaded.path))
+
+
+def _check_same_inputs(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
+    ref_names = [s.name for s in input_specs(reference)]
+    cand_names = [s.name for s in input_specs(candidate)]
+    if sorted(ref_names) != sorted(cand_names):
+        raise InputError(
+            f"the models take different inputs: reference ({', '.join(ref_names)}), "
+            f"candidate ({', '.join(cand_names)})"
+        )
+
+
+def _batch_of(feed: Feed) -> int:
+    for array in feed.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 0

@@ -1,0 +1,96 @@
+"""Shared fixtures: exported zoo models (built once per session) and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> CliResult:
+    """Run the installed `onnxopt` console script (falling back to `python -m onnxopt`)."""
+    script = shutil.which("onnxopt")
+    command = [script] if script else [sys.executable, "-m", "onnxopt"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.fixture(scope="session")
+def convbnrelu_path(zoo_dir) -> Path:
+    from tests.zoo import make_convbnrelu_onnx
+
+    return make_convbnrelu_onnx(zoo_dir / "convbnrelu.onnx", seed=0)
+
+
+@pytest.fixture(scope="session")
+def transformer_path(zoo_dir) -> Path:
+    from tests.zoo import make_tiny_transformer_onnx
+
+    return make_tiny_transformer_onnx(zoo_dir / "transformer.onnx", seed=0)
+
+
+@pytest.fixture(scope="session")
+def if_model_path(zoo_dir) -> Path:
+    from tests.zoo import make_if_model_onnx
+
+    return make_if_model_onnx(zoo_dir / "if_model.onnx", seed=0)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_path(zoo_dir) -> Path:
+    from tests.zoo import make_mobilenet_v2_onnx
+
+    return make_mobilenet_v2_onnx(zoo_dir / "mobilenet.onnx", seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_model() -> Path:
+    return REPO / "examples" / "digits_cnn.onnx"
+
+
+@pytest.fixture(scope="session")
+def digits_calib() -> Path:
+    return REPO / "examples" / "digits_calib.npz"
+
+
+def ort_outputs(model: onnx.ModelProto | Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def random_feed(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
+    from onnxopt.data import input_specs
+
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in input_specs(model):
+        shape = [d if isinstance(d, int) else batch for d in spec.shape]
+        feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feed

@@ -1,0 +1,172 @@
+"""The pass manager: gates, rollback, --strict, analyses, metadata, determinism."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxopt import api
+from onnxopt.infra.analysis import AnalysisCache
+from onnxopt.infra.errors import CheckFailed, PassCrashed, PassRefused
+from onnxopt.infra.options import option
+from onnxopt.infra.pass_base import Pass, PassResult
+from onnxopt.infra.pipeline import parse_pipeline
+from onnxopt.infra.registry import register_pass
+
+
+def _relu_model(opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@register_pass
+class _WrongMathPass(Pass):
+    """Test pass: replaces Relu by Sigmoid, which changes the outputs."""
+
+    name = "test-wrong-math"
+    summary = "test only"
+
+    def apply(self, model, ctx):
+        for node in model.graph.node:
+            if node.op_type == "Relu":
+                node.op_type = "Sigmoid"
+        return PassResult(model, True, {"replaced": 1})
+
+
+@register_pass
+class _DanglingPass(Pass):
+    """Test pass: makes a node read a tensor nobody produces."""
+
+    name = "test-dangling"
+    summary = "test only"
+
+    def apply(self, model, ctx):
+        model.graph.node[1].input[0] = "nowhere"
+        return PassResult(model, True)
+
+
+@register_pass
+class _CrashingPass(Pass):
+    name = "test-crash"
+    summary = "test only"
+
+    def apply(self, model, ctx):
+        raise ZeroDivisionError("boom")
+
+
+@dataclass(frozen=True)
+class _CountOptions:
+    touch: bool = option(False, "rewrite the model (invalidates analyses)")
+
+
+@register_pass
+class _AnalysisUserPass(Pass):
+    """Test pass: asks for a cached analysis and optionally changes the model."""
+
+    name = "test-analysis"
+    summary = "test only"
+    Options = _CountOptions
+    calls: list[int] = []  # noqa: RUF012
+
+    def apply(self, model, ctx):
+        value = ctx.analyses.get("node-count", lambda m: len(m.graph.node), model)
+        type(self).calls.append(value)
+        if self.options.touch:
+            model.graph.node[1].name = "renamed"
+        return PassResult(model, self.options.touch)
+
+
+@register_pass
+class _NeedsNewOpset(Pass):
+    name = "test-new-opset"
+    summary = "test only"
+    min_opset = 99
+
+    def apply(self, model, ctx):
+        return PassResult(model, False)
+
+
+def test_pass_that_changes_outputs_is_rolled_back():
+    result = api.optimize(_relu_model(), passes="test-wrong-math")
+    record = result.report.passes[0]
+    assert record.status == "rolled back"
+    assert "max rel error" in record.reason
+    assert [n.op_type for n in result.model.graph.node] == ["Relu", "Neg"]
+
+
+def test_invalid_graph_is_rolled_back_by_the_checker():
+    result = api.optimize(_relu_model(), passes="test-dangling,cleanup")
+    assert result.report.passes[0].status == "rolled back"
+    assert "onnx.checker" in result.report.passes[0].reason
+    assert [n.op_type for n in result.model.graph.node] == ["Relu", "Neg"]
+
+
+def test_strict_aborts_instead():
+    with pytest.raises(CheckFailed, match="test-wrong-math' rolled back \\(--strict\\)"):
+        api.optimize(_relu_model(), passes="test-wrong-math", strict=True)
+
+
+def test_crash_names_the_pass_and_its_predecessors():
+    with pytest.raises(PassCrashed, match="pass 'test-crash' crashed \\(ZeroDivisionError: boom\\); passes before it: cleanup"):
+        api.optimize(_relu_model(), passes="cleanup,test-crash")
+
+
+def test_opset_too_old_is_refused_before_any_work():
+    with pytest.raises(PassRefused, match="needs opset >= 99, the model has opset 17"):
+        api.optimize(_relu_model(), passes="cleanup,test-new-opset")
+
+
+def test_analyses_are_cached_until_a_pass_changes_the_model():
+    _AnalysisUserPass.calls.clear()
+    pipeline = "test-analysis,test-analysis,test-analysis{touch=true},test-analysis"
+    api.optimize(_relu_model(), passes=pipeline)
+    assert _AnalysisUserPass.calls == [2, 2, 2, 2]
+
+
+def test_analysis_cache_invalidation_keeps_preserved():
+    cache = AnalysisCache()
+    model = _relu_model()
+    cache.get("a", lambda m: 1, model)
+    cache.get("b", lambda m: 2, model)
+    cache.invalidate(frozenset({"a"}))
+    assert cache.get("a", lambda m: 10, model) == 1
+    assert cache.get("b", lambda m: 20, model) == 20
+    assert cache.computed == {"a": 1, "b": 2}
+
+
+def test_metadata_says_how_the_model_was_made(convbnrelu_path):
+    result = api.optimize(convbnrelu_path, passes="cleanup{fold_limit_mb=8}")
+    props = {p.key: p.value for p in result.model.metadata_props}
+    assert props["onnxopt.version"]
+    assert parse_pipeline(props["onnxopt.pipeline"]) == parse_pipeline("cleanup{fold_limit_mb=8}")
+    summary = json.loads(props["onnxopt.passes"])
+    assert summary[0]["status"] == "changed"
+    assert summary[0]["stats"]["bn_folded"] > 0
+
+
+def test_same_input_same_seed_same_bytes(convbnrelu_path, tmp_path):
+    first = api.optimize(convbnrelu_path, tmp_path / "a.onnx", passes="cleanup", seed=3)
+    second = api.optimize(convbnrelu_path, tmp_path / "b.onnx", passes="cleanup", seed=3)
+    assert first.output.read_bytes() == second.output.read_bytes()
+
+
+def test_report_has_timings_memory_and_fidelity(convbnrelu_path, tmp_path):
+    report_path = tmp_path / "report.json"
+    api.optimize(convbnrelu_path, tmp_path / "out.onnx", report=report_path)
+    report = json.loads(report_path.read_text())
+    record = report["passes"][0]
+    assert record["seconds"] > 0 and record["peak_rss_mb"] > 0
+    assert record["before"]["params"] >= record["after"]["params"] > 0
+    assert record["fidelity"]["outputs"][0]["cosine"] > 0.99999
+    assert report["fidelity"]["synthetic"] is True
