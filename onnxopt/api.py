@@ -103,4 +103,3 @@ def _load(model: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     if isinstance(model, onnx.ModelProto):
         return LoadedModel(proto=model)
     return load_model(model)
-

@@ -43,8 +43,14 @@ class _Group(click.Group):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    level = (
+        logging.ERROR
+        if quiet
+        else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    )
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,15 +66,55 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Where to write the optimized model (never the input).")
-@click.option("--passes", "passes", default=None, help=f"Pipeline text, e.g. 'cleanup,quant{{method=percentile}}' (default: {api.DEFAULT_PIPELINE}).")
-@click.option("--config", type=click.Path(path_type=str), default=None, help="Pipeline as YAML/JSON instead of --passes.")
-@click.option("--calib", default=None, help="Calibration data: .npz (keys = input names) or 'random'.")
-@click.option("--val", default=None, help="Validation data for the fidelity checks (default: --calib, else seeded random).")
-@click.option("--report", type=click.Path(path_type=str), default=None, help="Write the JSON report here.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for checks.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice; same seed, same output bytes.")
-@click.option("--strict", is_flag=True, help="Abort (exit 1) instead of rolling back a pass that fails its checks.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=str),
+    help="Where to write the optimized model (never the input).",
+)
+@click.option(
+    "--passes",
+    "passes",
+    default=None,
+    help=f"Pipeline text, e.g. 'cleanup{{fold_bn=false}}' (default: {api.DEFAULT_PIPELINE}).",
+)
+@click.option(
+    "--config",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Pipeline as YAML/JSON instead of --passes.",
+)
+@click.option(
+    "--calib", default=None, help="Calibration data: .npz (keys = input names) or 'random'."
+)
+@click.option(
+    "--val",
+    default=None,
+    help="Validation data for the fidelity checks (default: --calib, else seeded random).",
+)
+@click.option(
+    "--report", type=click.Path(path_type=str), default=None, help="Write the JSON report here."
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution provider for checks.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for every random choice; same seed, same output bytes.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Abort (exit 1) instead of rolling back a pass that fails its checks.",
+)
 @click.pass_context
 def optimize(ctx, model, output, passes, config, calib, val, report, provider, seed, strict):
     """Run a pipeline of passes on MODEL and write the result to -o.
@@ -76,12 +122,20 @@ def optimize(ctx, model, output, passes, config, calib, val, report, provider, s
     \b
     Examples:
       onnxopt optimize model.onnx -o model.opt.onnx
-      onnxopt optimize model.onnx --passes 'cleanup,prune{ratio=0.3},quant' --calib calib.npz -o out.onnx
-      onnxopt optimize model.onnx --config pipeline.yaml --val val.npz --report report.json -o out.onnx
+      onnxopt optimize model.onnx --passes 'cleanup{fold_limit_mb=8}' --calib calib.npz -o o.onnx
+      onnxopt optimize model.onnx --config pipeline.yaml --val val.npz --report r.json -o o.onnx
     """
     result = api.optimize(
-        model, output, passes=passes, config=config, calib=calib, val=val,
-        provider=provider, seed=seed, strict=strict, report=report,
+        model,
+        output,
+        passes=passes,
+        config=config,
+        calib=calib,
+        val=val,
+        provider=provider,
+        seed=seed,
+        strict=strict,
+        report=report,
     )
     if not ctx.obj["quiet"]:
         _print_run(result.report)
@@ -91,22 +145,27 @@ def _print_run(report: RunReport) -> None:
     rows = []
     for record in report.passes:
         fidelity = _fidelity_text(record.fidelity)
-        rows.append([
-            record.step,
-            record.status + (f": {record.reason}" if record.reason else ""),
-            f"{record.seconds:.2f}s",
-            f"{human_count(record.before['params'])} -> {human_count(record.after['params'])}",
-            _macs_text(record.before, record.after),
-            f"{human_bytes(record.before['bytes'])} -> {human_bytes(record.after['bytes'])}",
-            fidelity,
-        ])
+        rows.append(
+            [
+                record.step,
+                record.status + (f": {record.reason}" if record.reason else ""),
+                f"{record.seconds:.2f}s",
+                f"{human_count(record.before['params'])} -> {human_count(record.after['params'])}",
+                _macs_text(record.before, record.after),
+                f"{human_bytes(record.before['bytes'])} -> {human_bytes(record.after['bytes'])}",
+                fidelity,
+            ]
+        )
     print_table(
         f"onnxopt {report.pipeline}",
         ["pass", "status", "time", "params", "MACs", "size", "fidelity vs before"],
         rows,
     )
     total = _fidelity_text(report.fidelity)
-    print(f"output: {report.output or '(not written)'}   fidelity vs input ({report.validation}): {total}")
+    print(
+        f"output: {report.output or '(not written)'}   "
+        f"fidelity vs input ({report.validation}): {total}"
+    )
     for record in report.passes:
         for reason in record.skipped[:5]:
             print(f"  {record.name}: {reason}")
@@ -150,4 +209,6 @@ def passes_command(as_json: bool) -> None:
     for entry in entries:
         print(f"{entry['name']}: {entry['summary']}")
         for opt in entry["options"]:
-            print(f"    {opt['name']} ({opt['type_text']}, default {opt['default']!r}): {opt['doc']}")
+            print(
+                f"    {opt['name']} ({opt['type_text']}, default {opt['default']!r}): {opt['doc']}"
+            )

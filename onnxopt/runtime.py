@@ -24,7 +24,9 @@ def provider_name(provider: str) -> str:
     name = PROVIDERS[provider]
     available = ort.get_available_providers()
     if name not in available:
-        hint = " (install onnxruntime-gpu and run on a machine with a CUDA GPU)" * (provider == "cuda")
+        hint = " (install onnxruntime-gpu and run on a machine with a CUDA GPU)" * (
+            provider == "cuda"
+        )
         raise InputError(
             f"execution provider {name} is not available{hint}; available: {', '.join(available)}"
         )

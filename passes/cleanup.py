@@ -26,7 +26,7 @@ from onnxopt.infra.pass_base import Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
 from onnxopt.ir.edit import bypass_node, fold_constants, remove_dead_code
 from onnxopt.ir.graph import GraphIndex, is_onnx_domain, make_tensor, node_attr
-from onnxopt.ir.shapes import infer_shapes
+from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,13 @@ FOLDABLE_LAYERS = ("Conv", "ConvTranspose", "Gemm")
 
 @dataclass(frozen=True)
 class CleanupOptions:
-    fold_bn: bool = option(True, "fold BatchNormalization into the preceding Conv/ConvTranspose/Gemm")
+    fold_bn: bool = option(
+        True, "fold BatchNormalization into the preceding Conv/ConvTranspose/Gemm"
+    )
     fold_constants: bool = option(True, "evaluate subgraphs whose inputs are all constant")
-    fold_limit_mb: float = option(64.0, "do not fold constants whose result exceeds this size (MB)", low=0)
+    fold_limit_mb: float = option(
+        64.0, "do not fold constants whose result exceeds this size (MB)", low=0
+    )
     remove_passthrough: bool = option(True, "remove Identity, inference Dropout and no-op Reshape")
 
 
@@ -54,12 +58,15 @@ class CleanupPass(Pass):
         initializers_before = len(model.graph.initializer)
         skipped: list[str] = []
         if self.options.remove_passthrough:
-            stats["passthrough_removed"] = _remove_passthrough(model, skipped)
+            shapes = ctx.analyses.get("shapes", infer_shapes, model)
+            stats["passthrough_removed"] = _remove_passthrough(model.graph, shapes, skipped)
         if self.options.fold_constants:
             try:
                 model = fold_constants(model, int(self.options.fold_limit_mb * 1e6))
             except Exception as exc:  # graphsurgeon re-raises ORT's errors of any type
-                skipped.append(f"constant folding skipped: {type(exc).__name__}: {exc}".splitlines()[0])
+                skipped.append(
+                    f"constant folding skipped: {type(exc).__name__}: {exc}".splitlines()[0]
+                )
         if self.options.fold_bn:
             stats["bn_folded"] = _fold_batchnorms(model.graph, skipped)
         model = remove_dead_code(model)
@@ -173,15 +180,12 @@ def _fresh_name(graph: onnx.GraphProto, base: str) -> str:
     return name
 
 
-def _remove_passthrough(model: onnx.ModelProto, skipped: list[str]) -> int:
-    graph = model.graph
-    shapes = None
+def _remove_passthrough(graph: onnx.GraphProto, shapes: ShapeInfo, skipped: list[str]) -> int:
     removed = 0
     for node in list(graph.node):
         if not is_onnx_domain(node):
             continue
         if node.op_type == "Reshape":
-            shapes = shapes or infer_shapes(model)
             if not _is_noop_reshape(node, shapes):
                 continue
         elif not _is_passthrough(node):
@@ -189,7 +193,10 @@ def _remove_passthrough(model: onnx.ModelProto, skipped: list[str]) -> int:
         if bypass_node(graph, node):
             removed += 1
         else:
-            skipped.append(f"{node.op_type} '{node.name or node.output[0]}' kept: it links a graph input to an output")
+            skipped.append(
+                f"{node.op_type} '{node.name or node.output[0]}' kept: "
+                "it links a graph input to an output"
+            )
     return removed
 
 
@@ -203,7 +210,7 @@ def _is_passthrough(node: onnx.NodeProto) -> bool:
     return not mask_read and not training
 
 
-def _is_noop_reshape(node: onnx.NodeProto, shapes) -> bool:
+def _is_noop_reshape(node: onnx.NodeProto, shapes: ShapeInfo) -> bool:
     before = shapes.static_shape(node.input[0])
     after = shapes.static_shape(node.output[0])
     return before is not None and before == after

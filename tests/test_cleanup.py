@@ -54,7 +54,9 @@ def test_if_subgraphs_survive(if_model_path):
     assert len(if_nodes) == 1
     branches = {a.name: a.g for a in if_nodes[0].attribute}
     original = {a.name: a.g for n in before.graph.node if n.op_type == "If" for a in n.attribute}
-    assert {k: len(g.node) for k, g in branches.items()} == {k: len(g.node) for k, g in original.items()}
+    assert {k: len(g.node) for k, g in branches.items()} == {
+        k: len(g.node) for k, g in original.items()
+    }
     for seed in range(3):
         _assert_same_outputs(before, after, seed=seed)
 
@@ -110,7 +112,11 @@ def test_gemm_batchnorm_folds_exactly(trans_b):
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b"), *_bn_params(rng, 8, "bn")],
+        [
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(bias, "b"),
+            *_bn_params(rng, 8, "bn"),
+        ],
     )
     after = _optimize(model).model
     assert _ops(after) == ["Gemm"]
@@ -121,7 +127,9 @@ def test_weights_in_constant_nodes_are_folded():
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     params = _bn_params(rng, 4, "bn")
-    constants = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight, "w"))]
+    constants = [
+        helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight, "w"))
+    ]
     constants += [helper.make_node("Constant", [], [p.name], value=p) for p in params]
     model = _graph_model(
         [*constants, helper.make_node("Conv", ["x", "w"], ["c"]), _bn_node("c", "y", "bn")],
@@ -144,7 +152,10 @@ def test_shared_conv_output_is_not_folded_and_says_why():
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")],
-        [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"), *_bn_params(rng, 4, "bn")],
+        [
+            numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+            *_bn_params(rng, 4, "bn"),
+        ],
     )
     result = _optimize(model)
     assert "BatchNormalization" in _ops(result.model)

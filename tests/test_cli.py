@@ -23,7 +23,9 @@ def _assert_one_line_error(result, fragment: str, code: int = 2):
 
 def test_optimize_cnn_end_to_end(convbnrelu_path, tmp_path):
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
-    result = run_cli("optimize", convbnrelu_path, "-o", out, "--passes", "cleanup", "--report", report)
+    result = run_cli(
+        "optimize", convbnrelu_path, "-o", out, "--passes", "cleanup", "--report", report
+    )
     assert result.returncode == 0, result.stderr
     assert "cleanup" in result.stdout and "changed" in result.stdout
     data = json.loads(report.read_text())
@@ -58,7 +60,7 @@ def test_passes_lists_options():
 
 def test_help_has_examples():
     result = run_cli("optimize", "--help")
-    assert "Examples:" in result.stdout and "--passes 'cleanup" in result.stdout
+    assert "Examples:" in result.stdout and "--passes 'cleanup{" in result.stdout
 
 
 @pytest.fixture
@@ -91,7 +93,13 @@ def test_truncated_protobuf(model_copy, tmp_path):
 
 def test_missing_external_data(convbnrelu_path, tmp_path):
     model = onnx.load(convbnrelu_path)
-    onnx.save_model(model, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        tmp_path / "ext.onnx",
+        save_as_external_data=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     (tmp_path / "ext.data").unlink()
     result = run_cli("optimize", tmp_path / "ext.onnx", "-o", tmp_path / "o.onnx")
     _assert_one_line_error(result, "external data file 'ext.data'")
@@ -120,7 +128,9 @@ def test_output_directory_not_writable(model_copy, tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(locked) else real_access(p, mode)
+    )
     with pytest.raises(InputError, match="output directory is not writable"):
         api.optimize(model_copy, locked / "o.onnx")
     assert list(locked.iterdir()) == []
@@ -137,7 +147,9 @@ def test_unknown_pass(model_copy, tmp_path):
 
 
 def test_bad_option(model_copy, tmp_path):
-    result = run_cli("optimize", model_copy, "-o", tmp_path / "o.onnx", "--passes", "cleanup{fold_bn=perhaps}")
+    result = run_cli(
+        "optimize", model_copy, "-o", tmp_path / "o.onnx", "--passes", "cleanup{fold_bn=perhaps}"
+    )
     _assert_one_line_error(result, "cleanup{fold_bn=perhaps}: expected true or false")
 
 
@@ -162,3 +174,24 @@ def test_bad_calibration_file(model_copy, tmp_path):
     np.savez(data, wrong_name=np.zeros((2, 3, 32, 32), np.float32))
     result = run_cli("optimize", model_copy, "-o", tmp_path / "o.onnx", "--val", data)
     _assert_one_line_error(result, "missing input 'input'")
+
+
+def test_cuda_absent_is_one_line(model_copy, tmp_path):
+    result = run_cli("optimize", model_copy, "-o", tmp_path / "o.onnx", "--provider", "cuda")
+    _assert_one_line_error(result, "CUDAExecutionProvider is not available")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_internal_error_exits_1_with_hint(model_copy, tmp_path):
+    from click.testing import CliRunner
+
+    import tests.test_manager  # noqa: F401  (registers the crashing test pass)
+    from onnxopt.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        ["optimize", str(model_copy), "-o", str(tmp_path / "o.onnx"), "--passes", "test-crash"],
+    )
+    assert result.exit_code == 1
+    assert "internal error: PassCrashed" in result.output and "rerun with -v" in result.output
+    assert not (tmp_path / "o.onnx").exists()

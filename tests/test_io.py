@@ -59,7 +59,9 @@ def test_refuses_to_overwrite_input_data_file(tmp_path):
     loaded = load_model(tmp_path / "m.onnx")
     (tmp_path / "out.onnx.data").symlink_to(tmp_path / "m.onnx.data")
     with pytest.raises(InputError, match="data file"):
-        save_model(loaded.proto, tmp_path / "out.onnx", protect=loaded.source_files, external_data=True)
+        save_model(
+            loaded.proto, tmp_path / "out.onnx", protect=loaded.source_files, external_data=True
+        )
 
 
 @pytest.mark.parametrize(
@@ -89,7 +91,9 @@ def test_missing_file(tmp_path):
 def test_missing_external_data(tmp_path):
     save_model(_small_model(), tmp_path / "m.onnx", external_data=True)
     (tmp_path / "m.onnx.data").unlink()
-    with pytest.raises(InputError, match="external data file 'm.onnx.data' of tensor 'w' is missing"):
+    with pytest.raises(
+        InputError, match=r"external data file 'm\.onnx\.data' of tensor 'w' is missing"
+    ):
         load_model(tmp_path / "m.onnx")
 
 
@@ -112,7 +116,7 @@ def test_external_location_must_stay_inside(tmp_path, location):
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "m.onnx").write_bytes(model.SerializeToString())
-    with pytest.raises(InputError, match="relative path|escapes the model's folder"):
+    with pytest.raises(InputError, match=r"relative path|escapes the model's folder"):
         load_model(folder / "m.onnx")
 
 

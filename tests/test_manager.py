@@ -118,7 +118,10 @@ def test_strict_aborts_instead():
 
 
 def test_crash_names_the_pass_and_its_predecessors():
-    with pytest.raises(PassCrashed, match="pass 'test-crash' crashed \\(ZeroDivisionError: boom\\); passes before it: cleanup"):
+    with pytest.raises(
+        PassCrashed,
+        match="pass 'test-crash' crashed \\(ZeroDivisionError: boom\\); passes before it: cleanup",
+    ):
         api.optimize(_relu_model(), passes="cleanup,test-crash")
 
 

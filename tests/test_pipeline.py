@@ -25,7 +25,11 @@ def test_options_are_typed():
 
 @pytest.mark.parametrize(
     "text",
-    ["cleanup", "cleanup{fold_bn=false}", "cleanup{fold_limit_mb=0.5},cleanup{remove_passthrough=false}"],
+    [
+        "cleanup",
+        "cleanup{fold_bn=false}",
+        "cleanup{fold_limit_mb=0.5},cleanup{remove_passthrough=false}",
+    ],
 )
 def test_text_round_trips(text):
     pipeline = parse_pipeline(text)
@@ -36,7 +40,10 @@ def test_text_round_trips(text):
 
 def test_full_text_lists_every_option():
     text = parse_pipeline("cleanup").to_text(full=True)
-    assert text == "cleanup{fold_bn=true,fold_constants=true,fold_limit_mb=64.0,remove_passthrough=true}"
+    assert (
+        text
+        == "cleanup{fold_bn=true,fold_constants=true,fold_limit_mb=64.0,remove_passthrough=true}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,6 @@ def model_stats(model: onnx.ModelProto) -> dict[str, int]:
     }
 
 
-
 def _serialized_bytes(model: onnx.ModelProto) -> int:
     estimate = stored_bytes(model)
     return model.ByteSize() if estimate <= PROTOBUF_SAFE_BYTES else estimate

@@ -73,10 +73,16 @@ class PassManager:
                 workdir=Path(workdir),
             )
             current, session = model, start.session
-            for index, (step, pass_) in enumerate(zip(self.pipeline.steps, self.passes, strict=True)):
+            for index, (step, pass_) in enumerate(
+                zip(self.pipeline.steps, self.passes, strict=True)
+            ):
                 previous = [s.name for s in self.pipeline.steps[:index]]
-                record = PassRecord(name=pass_.name, step=step.to_text(), before=report.after or report.before)
-                current, session = self._run_one(pass_, current, session, ctx, data, record, previous, report)
+                record = PassRecord(
+                    name=pass_.name, step=step.to_text(), before=report.after or report.before
+                )
+                current, session = self._run_one(
+                    pass_, current, session, ctx, data, record, previous, report
+                )
                 report.passes.append(record)
                 report.after = record.after
         report.after = model_stats(current)

@@ -124,5 +124,3 @@ class Pass(ABC):
         json.dumps(result.stats)
         if not all(isinstance(reason, str) for reason in result.skipped):
             raise TypeError(f"pass '{self.name}' reported non-text skip reasons")
-
-

@@ -86,7 +86,9 @@ def _config_item(item: Any, path: Path) -> tuple[str, dict[str, Any]]:
             options = {}
         if isinstance(options, dict):
             return str(name), options
-    raise OptionError(f"config {path}: each pass is a name or {{name: {{option: value}}}}, got {item!r}")
+    raise OptionError(
+        f"config {path}: each pass is a name or {{name: {{option: value}}}}, got {item!r}"
+    )
 
 
 def _build(raw_steps: list[tuple[str, dict[str, Any]]]) -> Pipeline:
@@ -200,4 +202,3 @@ class _Parser:
         return OptionError(
             f"bad pipeline text {self.text!r}: {message} at position {self.pos} (found {found})"
         )
-

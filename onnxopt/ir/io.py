@@ -69,7 +69,9 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
         location = info.get("location", "")
         target = _resolve_inside(base_dir, location, tensor.name)
         if not target.is_file():
-            raise InputError(f"external data file '{location}' of tensor '{tensor.name}' is missing")
+            raise InputError(
+                f"external data file '{location}' of tensor '{tensor.name}' is missing"
+            )
         end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
         files[target] = max(files.get(target, 0), end)
     for target, end in files.items():
@@ -124,7 +126,9 @@ def save_model(
     data_name = out.name + ".data"
     data_target = target.parent / data_name
     protected = {p.resolve() for p in protect}
-    use_external = stored_bytes(model) > PROTOBUF_SAFE_BYTES if external_data is None else external_data
+    use_external = (
+        stored_bytes(model) > PROTOBUF_SAFE_BYTES if external_data is None else external_data
+    )
     if use_external and data_target.resolve() in protected:
         raise InputError(f"refusing to overwrite the input model's data file: {data_target}")
 

@@ -1,4 +1,4 @@
-"""Walk every tensor a model stores: initializers, Constant attributes, sparse tensors, subgraphs."""
+"""Walk every tensor a model stores: initializers, Constant attributes, sparse, subgraphs."""
 
 from __future__ import annotations
 
