@@ -8,7 +8,9 @@ from pathlib import Path
 
 import onnx
 
-from onnxopt.data import DataSource, open_data
+from onnxopt.analyses.summary import ModelSummary, summarize
+from onnxopt.bench import BenchReport, BenchSettings, Progress, benchmark_models
+from onnxopt.data import DataSource, ImagePreprocess, open_data, parse_preprocess, parse_shapes
 from onnxopt.infra.errors import OptionError
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.options import describe_options
@@ -22,7 +24,9 @@ from onnxopt.ir.io import (
     save_model,
     write_text_atomic,
 )
+from onnxopt.report_tables import csv_text, to_json
 from onnxopt.runtime import provider_name
+from onnxopt.validate import FidelityReport, Thresholds, validate_models
 
 DEFAULT_PIPELINE = "cleanup"
 
@@ -103,3 +107,122 @@ def _load(model: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     if isinstance(model, onnx.ModelProto):
         return LoadedModel(proto=model)
     return load_model(model)
+
+
+# --- inspect, validate, benchmark ---------------------------------------------------------
+
+Shapes = dict[str, tuple[int, ...]] | list[str] | tuple[str, ...] | None
+
+
+def inspect(model: str | os.PathLike | onnx.ModelProto, *, shapes: Shapes = None) -> ModelSummary:
+    """Inputs/outputs, opsets, op histogram, parameters, MACs per layer, subgraphs, external data.
+
+    `shapes` fixes dynamic input dims ({name: shape} or ['name:1x3x224x224', ...]).
+    """
+    loaded = _load(model)
+    return summarize(
+        loaded.proto,
+        path=loaded.path,
+        external_files=loaded.external_files,
+        input_shapes=_shapes(shapes),
+    )
+
+
+def validate(
+    reference: str | os.PathLike | onnx.ModelProto,
+    candidate: str | os.PathLike | onnx.ModelProto,
+    data: str | os.PathLike | DataSource | object,
+    *,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+    max_abs: float | None = None,
+    provider: str = "cpu",
+    batch_size: int | None = None,
+    shapes: Shapes = None,
+    preprocess: str | ImagePreprocess | None = None,
+    seed: int = 0,
+    report: str | os.PathLike | None = None,
+) -> FidelityReport:
+    """Fidelity of `candidate` against `reference` on `data` (see onnxopt.data.open_data).
+
+    Missed thresholds are listed in the result's `failures` (call `raise_for_failures()` to
+    turn them into CheckFailed); the JSON report is written to `report` either way.
+    """
+    protect = _paths(reference, candidate)
+    if report is not None:
+        check_output_path(Path(report), protect)
+    result = validate_models(
+        reference,
+        candidate,
+        data,
+        thresholds=Thresholds(min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs),
+        provider=provider,
+        batch_size=batch_size,
+        shapes=_shapes(shapes),
+        preprocess=_preprocess(preprocess),
+        seed=seed,
+    )
+    if report is not None:
+        write_text_atomic(Path(report), to_json(result.to_dict()) + "\n", protect)
+    return result
+
+
+def benchmark(
+    models: list[str | os.PathLike | onnx.ModelProto],
+    *,
+    provider: str = "cpu",
+    batch: int | None = None,
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int | None = None,
+    seconds: float | None = None,
+    data: str | os.PathLike | DataSource | object | None = None,
+    shapes: Shapes = None,
+    memory: bool = True,
+    seed: int = 0,
+    json_path: str | os.PathLike | None = None,
+    csv_path: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Latency (p50/p90/p99/mean), throughput, session time and memory, size and MACs of
+    `models`, timed round-robin; ratios are to the first model."""
+    protect = _paths(*models)
+    for path in (json_path, csv_path):
+        if path is not None:
+            check_output_path(Path(path), protect)
+    settings = BenchSettings(
+        provider=provider,
+        batch=batch,
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        seconds=seconds,
+        memory=memory,
+        seed=seed,
+    )
+    result = benchmark_models(
+        list(models), settings=settings, data=data, shapes=_shapes(shapes), progress=progress
+    )
+    if json_path is not None:
+        write_text_atomic(Path(json_path), to_json(result.to_dict()) + "\n", protect)
+    if csv_path is not None:
+        write_text_atomic(Path(csv_path), csv_text(result.csv_rows()), protect)
+    return result
+
+
+def _shapes(shapes: Shapes) -> dict[str, tuple[int, ...]] | None:
+    if not shapes:
+        return None
+    if isinstance(shapes, dict):
+        return {name: tuple(shape) for name, shape in shapes.items()}
+    return parse_shapes(shapes)
+
+
+def _preprocess(preprocess: str | ImagePreprocess | None) -> ImagePreprocess | None:
+    if preprocess is None or isinstance(preprocess, ImagePreprocess):
+        return preprocess
+    return parse_preprocess(preprocess)
+
+
+def _paths(*models: str | os.PathLike | onnx.ModelProto) -> list[Path]:
+    return [Path(m) for m in models if not isinstance(m, onnx.ModelProto)]

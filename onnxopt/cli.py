@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 
@@ -12,6 +13,15 @@ import click
 from onnxopt import __version__, api
 from onnxopt.infra.errors import OnnxoptError
 from onnxopt.infra.records import RunReport
+from onnxopt.report_tables import (
+    Block,
+    Table,
+    bench_blocks,
+    fidelity_blocks,
+    progress_bar,
+    summary_blocks,
+    to_json,
+)
 from onnxopt.tables import human_bytes, human_count, print_table
 
 log = logging.getLogger("onnxopt")
@@ -28,6 +38,10 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
+        except BrokenPipeError:
+            # The reader (e.g. `head`) is gone; silence the flush of stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except KeyboardInterrupt:
             click.echo("interrupted: no output written", err=True)
             sys.exit(130)
@@ -212,3 +226,179 @@ def passes_command(as_json: bool) -> None:
             print(
                 f"    {opt['name']} ({opt['type_text']}, default {opt['default']!r}): {opt['doc']}"
             )
+
+
+_SHAPE_HELP = "Shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)."
+_DATA_HELP = (
+    "Input data: .npz/.npy (keys = input names, samples on axis 0), a folder of .npz/.npy "
+    "files or of images, or 'random'."
+)
+
+
+def _print_blocks(blocks: list[Block]) -> None:
+    for block in blocks:
+        if isinstance(block, Table):
+            print_table(block.title, block.columns, block.rows)
+        else:
+            print(block)
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help=_SHAPE_HELP)
+@click.option("--top", type=int, default=10, show_default=True, help="Layers listed by MACs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.pass_context
+def inspect_command(ctx, model, shapes, top, as_json):
+    """Describe MODEL: inputs/outputs, opsets, op types, parameters, MACs per layer.
+
+    Dynamic dims stay symbolic in the MAC counts unless --shape fixes them.
+
+    \b
+    Examples:
+      onnxopt inspect model.onnx
+      onnxopt inspect model.onnx --shape input:1x3x224x224 --top 20
+      onnxopt inspect model.onnx --json > summary.json
+    """
+    summary = api.inspect(model, shapes=shapes)
+    if as_json:
+        print(to_json(summary.to_dict()))
+    elif not ctx.obj["quiet"]:
+        _print_blocks(summary_blocks(summary, top))
+
+
+@main.command("validate")
+@click.argument("reference", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("candidate", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", required=True, help=_DATA_HELP)
+@click.option(
+    "--preprocess",
+    default=None,
+    help="Image preprocessing, key=value,... (resize, crop, interpolation, scale, mean, std, "
+    "layout, order); ImageNet defaults.",
+)
+@click.option("--batch", type=int, default=None, help="Batch size for a dynamic batch dim.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help=_SHAPE_HELP)
+@click.option("--json", "json_path", type=click.Path(path_type=str), help="Write JSON here.")
+@click.option("--min-cosine", type=float, default=None, help="Exit 1 if a cosine is lower.")
+@click.option(
+    "--min-top1", type=float, default=None, help="Exit 1 if top-1 agreement (0..1) is lower."
+)
+@click.option("--max-abs", type=float, default=None, help="Exit 1 if a max abs error is higher.")
+@click.option(
+    "--provider",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution provider.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --data random.")
+@click.pass_context
+def validate_command(
+    ctx,
+    reference,
+    candidate,
+    data,
+    preprocess,
+    batch,
+    shapes,
+    json_path,
+    min_cosine,
+    min_top1,
+    max_abs,
+    provider,
+    seed,
+):
+    """Compare CANDIDATE with REFERENCE on the same inputs: max/mean abs error, cosine, SNR,
+    top-1/top-5 agreement for logits. Exits 1 when a threshold is missed.
+
+    \b
+    Examples:
+      onnxopt validate model.onnx model.opt.onnx --data val.npz
+      onnxopt validate model.onnx model.int8.onnx --data images/ --min-cosine 0.99 --min-top1 0.98
+      onnxopt validate a.onnx b.onnx --data random --shape input:4x3x224x224 --json fidelity.json
+    """
+    result = api.validate(
+        reference,
+        candidate,
+        data,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        max_abs=max_abs,
+        provider=provider,
+        batch_size=batch,
+        shapes=shapes,
+        preprocess=preprocess,
+        seed=seed,
+        report=json_path,
+    )
+    if not ctx.obj["quiet"]:
+        _print_blocks(fidelity_blocks(result, reference, candidate))
+    result.raise_for_failures()
+
+
+@main.command("benchmark")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--provider",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution provider (cuda: never falls back to CPU).",
+)
+@click.option("--batch", type=int, default=None, help="Value of a dynamic batch dim (default 1).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: ORT's).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per model.")
+@click.option("--runs", type=int, default=None, help="Timed rounds (default 100).")
+@click.option("--seconds", type=float, default=None, help="Time budget instead of --runs.")
+@click.option("--data", default=None, help="Inputs from data (first batch) instead of random.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help=_SHAPE_HELP)
+@click.option("--json", "json_path", type=click.Path(path_type=str), help="Write JSON here.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=str), help="Write CSV here.")
+@click.option("--no-memory", is_flag=True, help="Skip the memory probe (a child per model).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@click.pass_context
+def benchmark_command(
+    ctx,
+    models,
+    provider,
+    batch,
+    threads,
+    warmup,
+    runs,
+    seconds,
+    data,
+    shapes,
+    json_path,
+    csv_path,
+    no_memory,
+    seed,
+):
+    """Time MODELS side by side (interleaved round-robin): latency p50/p90/p99/mean,
+    throughput, session creation time and memory, file size, MACs; ratios to the first model.
+
+    \b
+    Examples:
+      onnxopt benchmark model.onnx model.opt.onnx
+      onnxopt benchmark model.onnx --batch 8 --threads 4 --seconds 20 --json bench.json
+      onnxopt benchmark a.onnx b.onnx --provider cuda --shape input:1x3x224x224 --csv bench.csv
+    """
+    with progress_bar("benchmarking") as progress:
+        result = api.benchmark(
+            list(models),
+            provider=provider,
+            batch=batch,
+            threads=threads,
+            warmup=warmup,
+            runs=runs,
+            seconds=seconds,
+            data=data,
+            shapes=shapes,
+            memory=not no_memory,
+            seed=seed,
+            json_path=json_path,
+            csv_path=csv_path,
+            progress=None if ctx.obj["quiet"] else progress,
+        )
+    if not ctx.obj["quiet"]:
+        _print_blocks(bench_blocks(result))

@@ -26,6 +26,7 @@ from onnxopt.infra.pass_base import Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
 from onnxopt.ir.edit import bypass_node, fold_constants, remove_dead_code
 from onnxopt.ir.graph import GraphIndex, is_onnx_domain, make_tensor, node_attr
+from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class CleanupPass(Pass):
         if self.options.remove_passthrough:
             shapes = ctx.analyses.get("shapes", infer_shapes, model)
             stats["passthrough_removed"] = _remove_passthrough(model.graph, shapes, skipped)
-        if self.options.fold_constants:
+        if self.options.fold_constants and stored_bytes(model) > PROTOBUF_SAFE_BYTES:
+            skipped.append("constant folding skipped: the model is over 2 GB")
+        elif self.options.fold_constants:
             try:
                 model = fold_constants(model, int(self.options.fold_limit_mb * 1e6))
             except Exception as exc:  # graphsurgeon re-raises ORT's errors of any type
@@ -69,7 +72,7 @@ class CleanupPass(Pass):
                 )
         if self.options.fold_bn:
             stats["bn_folded"] = _fold_batchnorms(model.graph, skipped)
-        model = remove_dead_code(model)
+        stats["dead_removed"] = remove_dead_code(model)
         stats["nodes_after"] = len(model.graph.node)
         changed = (
             stats["bn_folded"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxopt.analyses.macs import count_macs
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.ir.tensors import iter_stored_tensors
 
@@ -23,10 +24,12 @@ _NON_PARAM_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.STRING, onnx.Tensor
 
 
 def model_stats(model: onnx.ModelProto) -> dict[str, int]:
+    """Params, bytes, nodes and MACs per sample (dynamic dims taken as 1)."""
     return {
         "params": parameter_count(model),
         "bytes": _serialized_bytes(model),
         "nodes": len(model.graph.node),
+        "macs": count_macs(model).total,
     }
 
 

@@ -5,6 +5,7 @@ Renames reach into subgraphs, which may read outer-scope tensors by name.
 
 from __future__ import annotations
 
+import heapq
 import logging
 
 import onnx
@@ -64,9 +65,86 @@ def fold_constants(model: onnx.ModelProto, size_limit_bytes: int) -> onnx.ModelP
     return from_graphsurgeon(graph, like=model)
 
 
-def remove_dead_code(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop nodes and initializers no graph output depends on; sort nodes topologically."""
-    graph = to_graphsurgeon(model)
-    graph.cleanup(remove_unused_graph_inputs=False)
-    graph.toposort()
-    return from_graphsurgeon(graph, like=model)
+def remove_dead_code(model: onnx.ModelProto) -> int:
+    """Drop nodes and initializers no graph output depends on, in place; sort nodes stably.
+
+    Works on protos (no serialization), so it also serves models over 2 GB. Returns the number
+    of nodes removed.
+    """
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    ordered = stable_toposort(list(graph.node))
+    if any(a is not b for a, b in zip(ordered, graph.node, strict=True)):
+        _reorder(graph.node, ordered)
+    dead = []
+    for position in range(len(graph.node) - 1, -1, -1):
+        node = graph.node[position]
+        if any(name in needed for name in node.output):
+            needed.update(name for name in node.input if name)
+            needed.update(subgraph_outer_reads(node))
+        else:
+            dead.append(position)
+    graph_inputs = {i.name for i in graph.input}
+    unused = [
+        position
+        for position, tensor in enumerate(graph.initializer)
+        if tensor.name not in needed and tensor.name not in graph_inputs
+    ]
+    # Deleting by index, never re-adding: a copy of a tensor over 2 GB cannot be made.
+    for position in dead:
+        del graph.node[position]
+    for position in reversed(unused):
+        del graph.initializer[position]
+    return len(dead)
+
+
+def _reorder(field, ordered) -> None:
+    copies = []
+    for item in ordered:
+        copy_ = type(item)()
+        copy_.CopyFrom(item)
+        copies.append(copy_)
+    del field[:]
+    field.extend(copies)
+
+
+def subgraph_outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read from enclosing scopes."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in subgraphs:
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                defined.update(inner.output)
+            for inner in sub.node:
+                reads.update(n for n in inner.input if n and n not in defined)
+                reads.update(n for n in subgraph_outer_reads(inner) if n not in defined)
+            reads.update(o.name for o in sub.output if o.name not in defined)
+    return reads
+
+
+def stable_toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Topological order; among ready nodes the earliest in the given order goes first."""
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    waiting = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        reads = {n for n in node.input if n} | subgraph_outer_reads(node)
+        deps = {producer[n] for n in reads if n in producer and producer[n] != i}
+        waiting[i] = len(deps)
+        for dep in deps:
+            readers[dep].append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        i = heapq.heappop(ready)
+        ordered.append(nodes[i])
+        for reader in readers[i]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(ordered) != len(nodes):
+        raise ValueError("the graph has a cycle")
+    return ordered

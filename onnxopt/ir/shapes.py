@@ -4,8 +4,10 @@ inference when onnx's leaves tensors without a shape. The result says which tens
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import tempfile
 from dataclasses import dataclass, field
 
 import onnx
@@ -70,7 +72,13 @@ def _run_symbolic(model: onnx.ModelProto, errors: list[str]) -> ShapeInfo | None
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
-        inferred = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
+        # On incomplete inference the tool saves a model into the current directory before
+        # raising; keep that out of the user's folder.
+        with (
+            tempfile.TemporaryDirectory(prefix="onnxopt-shapes-") as scratch,
+            contextlib.chdir(scratch),
+        ):
+            inferred = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
     except Exception as exc:  # the tool raises bare Exceptions for unsupported ops
         errors.append(f"ort-symbolic: {type(exc).__name__}: {exc}")
         return None
