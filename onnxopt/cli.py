@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -56,6 +57,15 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+def _interrupt_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so temporary files are cleaned up on the way out."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = (
         logging.ERROR
@@ -75,6 +85,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """onnxopt: make ONNX models smaller and faster with measured fidelity."""
     _setup_logging(verbose, quiet)
+    _interrupt_on_sigterm()
     ctx.obj = {"quiet": quiet}
 
 

@@ -195,3 +195,22 @@ def test_internal_error_exits_1_with_hint(model_copy, tmp_path):
     assert result.exit_code == 1
     assert "internal error: PassCrashed" in result.output and "rerun with -v" in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_sigterm_leaves_no_partial_output(mobilenet_path, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [shutil.which("onnxopt"), "optimize", str(mobilenet_path), "-o", str(out / "o.onnx")]
+    command += ["--passes", ",".join(["cleanup"] * 40)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: no output written" in stderr
+    assert list(out.iterdir()) == []
