@@ -1,5 +1,6 @@
 """Built-in passes. Each import below registers one pass by its stable name."""
 
 from onnxopt.passes import cleanup
+from onnxopt.passes import prune
 
-__all__ = ["cleanup"]
+__all__ = ["cleanup", "prune"]

@@ -1,0 +1,1 @@
+"""Structured channel pruning helpers: channel selection, the graph rewrite, reconstruction."""

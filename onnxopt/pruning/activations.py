@@ -1,0 +1,142 @@
+"""Run a model on calibration data and read intermediate tensors, batch by batch.
+
+Intermediate tensors are read by making them the outputs of a truncated copy of the model
+(nodes nothing asked for are dropped), so memory holds one batch of them at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxopt.analyses.channel_groups import Consumer
+from onnxopt.data import DataSource, Feed
+from onnxopt.ir.edit import remove_dead_code
+from onnxopt.ir.graph import GraphIndex
+from onnxopt.ir.shapes import ShapeInfo, infer_shapes
+from onnxopt.pruning.rows import LayerRows
+from onnxopt.runtime import make_session
+
+
+def with_outputs(
+    model: onnx.ModelProto, names: list[str], shapes: ShapeInfo | None = None
+) -> onnx.ModelProto:
+    """A copy of `model` whose outputs are exactly `names`, cut down to what they need."""
+    shapes = shapes if shapes is not None else infer_shapes(model)
+    graph_outputs = {o.name: o for o in model.graph.output}
+    outputs = []
+    for name in names:
+        if name in graph_outputs:
+            outputs.append(copy.deepcopy(graph_outputs[name]))
+        else:
+            dtype = shapes.dtypes.get(name, onnx.TensorProto.FLOAT)
+            outputs.append(helper.make_tensor_value_info(name, dtype, None))
+    cut = copy.deepcopy(model)
+    del cut.graph.output[:]
+    cut.graph.output.extend(outputs)
+    remove_dead_code(cut)
+    return cut
+
+
+def batches(data: DataSource, samples: int) -> Iterator[Feed]:
+    """The feeds of `data`, truncated to `samples` samples in all."""
+    seen = 0
+    for feed in data:
+        if seen >= samples:
+            return
+        rows = next(iter(feed.values())).shape[0]
+        take = min(rows, samples - seen)
+        yield {k: v[:take] for k, v in feed.items()} if take < rows else feed
+        seen += take
+
+
+class TensorReader:
+    """Reads a fixed list of tensors of `model` for each feed."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        names: list[str],
+        provider: str,
+        shapes: ShapeInfo | None = None,
+    ) -> None:
+        self.names = list(names)
+        self.session = make_session(with_outputs(model, self.names, shapes), provider)
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, feed: Feed) -> dict[str, np.ndarray]:
+        values = self.session.run(self.names, {k: v for k, v in feed.items() if k in self.inputs})
+        return dict(zip(self.names, values, strict=True))
+
+
+def channel_moments(
+    model: onnx.ModelProto,
+    axes: dict[str, int],
+    data: DataSource,
+    provider: str,
+    samples: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per entry of each tensor's axis `axes[name]`: (mean |x|, mean x^2) over the data."""
+    names = sorted(axes)
+    reader = TensorReader(model, names, provider)
+    sums: dict[str, list] = {}
+    for feed in batches(data, samples):
+        for name, value in reader(feed).items():
+            moved = np.moveaxis(np.asarray(value, np.float64), axes[name], 0)
+            flat = moved.reshape(moved.shape[0], -1)
+            entry = sums.setdefault(name, [0.0, 0.0, 0])
+            entry[0] = entry[0] + np.abs(flat).sum(1)
+            entry[1] = entry[1] + (flat**2).sum(1)
+            entry[2] += flat.shape[1]
+    return {name: (s[0] / max(s[2], 1), s[1] / max(s[2], 1)) for name, s in sums.items()}
+
+
+def consumer_grams(
+    model: onnx.ModelProto,
+    consumers: list[Consumer],
+    data: DataSource,
+    provider: str,
+    samples: int,
+    positions: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Per consumer name: covariance (raw second moment for MatMul) of its input features.
+
+    Features are what the consumer's weights multiply: im2col columns for a Conv, sampled
+    at `positions` output positions per image, as the reconstruction samples them.
+    """
+    index = GraphIndex(model.graph)
+    usable = [c for c in consumers if c.op_type in ("Conv", "Gemm", "MatMul")]
+    rows = {
+        c.name: LayerRows(
+            model.graph.node[c.node],
+            index.constant(model.graph.node[c.node].input[c.weight_index]).shape,
+        )
+        for c in usable
+    }
+    names = sorted({n for c in usable for n in (c.input, c.output)})
+    reader = TensorReader(model, names, provider)
+    sums: dict[str, list] = {c.name: [0, 0.0, 0.0] for c in usable}
+    for batch, feed in enumerate(batches(data, samples)):
+        values = reader(feed)
+        for number, consumer in enumerate(usable):
+            layer = rows[consumer.name]
+            rng = np.random.default_rng([seed, number, batch])
+            where = layer.sample(values[consumer.output], positions, rng)
+            x = np.ascontiguousarray(layer.inputs(values[consumer.input], where), np.float32)
+            entry = sums[consumer.name]
+            entry[0] += x.shape[0]
+            entry[1] = entry[1] + x.sum(0, dtype=np.float64)
+            entry[2] = entry[2] + (x.T @ x).astype(np.float64)
+    grams = {}
+    for consumer in usable:
+        n, sx, xx = sums[consumer.name]
+        if n == 0:
+            continue
+        mean = sx / n if consumer.op_type != "MatMul" else np.zeros_like(sx)
+        grams[consumer.name] = xx / n - np.outer(mean, mean)
+    return grams
