@@ -5,15 +5,18 @@ Removes whole channels (Conv filters, Gemm/MatMul features) and everything coupl
   must go together (residual Adds, squeeze-excite Muls, depthwise Convs, Concat offsets,
   Split ranges, Flatten->Gemm blocks) and blocks groups it cannot follow: an op outside its
   table, a graph output, a grouped Conv; the report lists each refusal and its reason;
-- a criterion scores every channel of each prunable group; `ratio` (per group, or across
-  groups with `scope=global`) or `target_macs` sets how many go, rounded to `round_to`;
+- a criterion scores every channel of each prunable group (default `refit_error`: the error
+  the consumers' outputs keep after an optimal least-squares refit, from calibration data);
+  `ratio` (per group, or across groups with `scope=global`) or `target_macs` sets how many
+  go, rounded to `round_to`;
 - the rewrite slices weights, biases, BatchNorm parameters, per-channel constants, Split sizes
   and Reshape targets, and the result passes strict shape inference;
 - with calibration data, every layer downstream of a removed channel is refit by least squares
   so that its output matches the unpruned model's (the default: without it, accuracy collapses
-  after a few percent of channels).
+  after a few percent of channels). The stats report the fidelity before and after the refit
+  (on the validation data, else in-sample on the calibration data).
 
-Defaults are the data-driven configuration: `criterion=output` and `reconstruct=true` need
+Defaults are the data-driven configuration: `criterion=refit_error` and `reconstruct=true` need
 calibration data; without it the pass refuses unless told `criterion=l1,reconstruct=false`.
 """
 

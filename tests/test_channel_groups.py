@@ -227,3 +227,17 @@ def test_digits_cnn_groups(digits_model):
     assert result.refusals() == [
         "channels of '/fc/Gemm' not pruned: it reaches graph output 'logits'"
     ]
+
+
+@pytest.mark.parametrize("ends, refused", [(2**31, False), (5, True)])
+def test_slice_passes_channels_unless_it_cuts_them(ends, refused):
+    net = Net()
+    a = net.conv("x", 4, 8, name="a")
+    for name, value in (("starts", [0, 1]), ("ends", [ends, 6]), ("axes", [1, 2])):
+        net.inits.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    cut = net.op("Slice", [a, "starts", "ends", "axes"], "cut")
+    head(net, cut, 5 if refused else 8)
+    result = analyze_channel_groups(net.model(["y"]))
+    assert group_of(result, "a").reasons == (
+        ["Slice 'cut' cuts the channel axis"] if refused else []
+    )

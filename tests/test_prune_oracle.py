@@ -23,6 +23,8 @@ from onnxopt.pruning.select import ensure_ranges
 
 SIDE = 6
 BLOCKS = (
+    "deconv",
+    "slice",
     "conv",
     "residual",
     "concat",
@@ -123,6 +125,16 @@ class RandomNet:
             return self.op("Add", [scaled, self.const(self.rng.normal(0, 0.1, (1, c, 1, 1)))]), c
         if kind == "opaque":
             return self.op("Softmax", [x], axis=1), c
+        if kind == "deconv":
+            out = self.width()
+            w = self.const(self.rng.standard_normal((c, out, 3, 3)) / np.sqrt(c * 3))
+            y = self.op(
+                "ConvTranspose", [x, w, self.const(self.rng.normal(0, 0.1, out))], pads=[1] * 4
+            )
+            return self.act(y), out
+        if kind == "slice":
+            starts, ends = self.const([0, 0], np.int64), self.const([2**31, SIDE], np.int64)
+            return self.op("Slice", [x, starts, ends, self.const([1, 3], np.int64)]), c
         flat = self.op("Reshape", [x, self.const([0, c, -1], np.int64)])
         return self.op("Reshape", [flat, self.const([0, c, SIDE, SIDE], np.int64)]), c
 

@@ -1,4 +1,4 @@
-"""Channel rules of ops that rearrange the channel axis: Concat, Split, Flatten, Reshape,
+"""Channel rules of ops that rearrange the channel axis: Concat, Split, Slice, Flatten, Reshape,
 Transpose, Squeeze, Unsqueeze and the Reduce family (see `channel_rules` for the table)."""
 
 from __future__ import annotations
@@ -209,3 +209,25 @@ def reduce(b: Builder, position: int, node: onnx.NodeProto) -> None:
         b.set_layout(
             node.output[0], x.moved(x.axis - sum(a < x.axis for a in axes), x.rank - len(axes))
         )
+
+
+def slice_(b: Builder, position: int, node: onnx.NodeProto) -> None:
+    """Slice passes channels through when it leaves the channel axis whole."""
+    x = b.layout(node.input[0])
+    if x is None:
+        return
+    values = [b.index.constant(node.input[i]) if _has(node, i) else None for i in range(1, 5)]
+    starts, ends, axes, steps = values
+    if starts is None or ends is None or (_has(node, 3) and axes is None):
+        return b.refuse(node, "has non-constant starts, ends or axes")
+    if _has(node, 4) and steps is None:
+        return b.refuse(node, "has non-constant steps")
+    axes = list(range(len(starts))) if axes is None else [int(a) % x.rank for a in axes]
+    if x.axis in axes:
+        i = axes.index(x.axis)
+        step = 1 if steps is None else int(steps[i])
+        if step != 1 or int(starts[i]) != 0 or int(ends[i]) < x.size:
+            return b.refuse(node, "cuts the channel axis")
+    if x.block != 1 and x.axis in axes:
+        return b.refuse(node, "slices flattened features")
+    b.set_layout(node.output[0], x)

@@ -19,6 +19,7 @@ from onnxopt.analyses.channel_moves import (
     flatten,
     reduce,
     reshape,
+    slice_,
     split,
     squeeze,
     transpose,
@@ -300,6 +301,7 @@ RULES: dict[str, Rule] = {
     "Resize": resize,
     "Concat": concat,
     "Split": split,
+    "Slice": slice_,
     "Flatten": flatten,
     "Reshape": reshape,
     "Transpose": transpose,
@@ -309,5 +311,5 @@ RULES: dict[str, Rule] = {
     **{op: pool for op in POOLS},
     **{op: reduce for op in REDUCES},
 }
-"""Op type -> rule. Ops not listed (Softmax, LayerNormalization, Shape, Gather, Slice, ...) are
-opaque: the groups they read are blocked."""
+"""Op type -> rule. Ops not listed (Softmax, LayerNormalization, Shape, Gather, ...) are opaque:
+the groups they read are blocked."""

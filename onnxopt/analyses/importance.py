@@ -12,6 +12,8 @@ piece by its mean so that no single layer dominates, and averages them per chann
 - `output`: E[x^2] times the squared norm of the consumer's weights for that channel: the
   expected energy the channel adds to each consumer's output, i.e. the error its removal
   causes before any reconstruction (calibration data).
+
+`refit_error` (the error left after reconstruction) lives in `refit_error.py`.
 """
 
 from __future__ import annotations
