@@ -2,5 +2,6 @@
 
 from onnxopt.passes import cleanup
 from onnxopt.passes import prune
+from onnxopt.passes import quant
 
-__all__ = ["cleanup", "prune"]
+__all__ = ["cleanup", "prune", "quant"]

@@ -88,6 +88,21 @@ class _AnalysisUserPass(Pass):
 
 
 @register_pass
+class _SelfTerminatingPass(Pass):
+    """Test pass: sends SIGTERM to its own process mid-run."""
+
+    name = "test-sigterm"
+    summary = "test only"
+
+    def apply(self, model, ctx):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return PassResult(model, False)
+
+
+@register_pass
 class _NeedsNewOpset(Pass):
     name = "test-new-opset"
     summary = "test only"

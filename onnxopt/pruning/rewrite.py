@@ -19,6 +19,7 @@ import onnx
 from onnxopt.analyses.channel_groups import ChannelGroups, Fixup, NodeRole
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, default_opset, make_tensor
+from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.ir.tensors import iter_graphs
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,8 @@ def apply_keep(model: onnx.ModelProto, groups: ChannelGroups, keep: Keep) -> onn
         if len(kept) == 0:
             raise ValueError(f"group {group} would keep no channel")
     pruned = Rewriter(model, groups, keep).run()
-    onnx.shape_inference.infer_shapes(pruned, check_type=True, strict_mode=True, data_prop=True)
+    if stored_bytes(pruned) <= PROTOBUF_SAFE_BYTES:  # in-memory inference serializes the model
+        onnx.shape_inference.infer_shapes(pruned, check_type=True, strict_mode=True, data_prop=True)
     return pruned
 
 

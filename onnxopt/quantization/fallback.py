@@ -1,0 +1,183 @@
+"""Accuracy-aware fallback: keep the fewest quantized nodes in float so that the model meets a
+fidelity target (output cosine or top-1 agreement with the float model) on validation data.
+
+The unit of fallback is a quantized tensor: dropping its Q/DQ pair means that the node producing
+it and the int8 nodes reading it run in float (a lone float node would still read and write
+quantized tensors, so it would remove only its weight rounding). Sensitivity of a unit = how
+much the output cosine improves when only that unit is float (on a subset of the data). Units
+are ranked by it, and the smallest prefix of the ranking that meets the target on the full
+validation data is found by doubling, then bisection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxopt.data import DataSource
+from onnxopt.runtime import make_session, session_options
+
+log = logging.getLogger(__name__)
+
+SENSITIVITY_SAMPLES = 128
+MAX_CACHED_BYTES = 256 * 2**20
+
+
+@dataclass
+class Score:
+    cosine: float
+    top1: float | None
+
+    def meets(self, target_cosine: float | None, target_top1: float | None) -> bool:
+        if target_cosine is not None and not self.cosine >= target_cosine:
+            return False
+        return target_top1 is None or self.top1 is None or self.top1 >= target_top1
+
+
+@dataclass
+class FallbackResult:
+    kept_float: list[tuple[str, float]] = field(default_factory=list)  # (unit, cosine gain)
+    nodes: frozenset[str] = frozenset()  # the nodes those units keep float
+    score: Score | None = None
+    met: bool = False
+    evaluations: int = 0
+
+
+class Evaluator:
+    """Scores candidate models against the float model's outputs on (a prefix of) `data`;
+    the float outputs are computed once and kept when small enough."""
+
+    def __init__(
+        self, float_model: onnx.ModelProto, data: DataSource, max_samples: int | None
+    ) -> None:
+        self.data = data
+        self.max_samples = max_samples
+        self.reference = make_session(float_model, options=session_options())
+        self.cache: list[list[np.ndarray]] | None = None
+
+    def _feeds(self):
+        samples = 0
+        for feed in self.data:
+            yield feed
+            samples += int(next(iter(feed.values())).shape[0])
+            if self.max_samples is not None and samples >= self.max_samples:
+                return
+
+    def _references(self):
+        if self.cache is not None:
+            yield from self.cache
+            return
+        kept, size = [], 0
+        for feed in self._feeds():
+            outputs = self.reference.run(None, feed)
+            size += sum(o.nbytes for o in outputs)
+            kept.append(outputs)
+            yield outputs
+        self.cache = kept if size <= MAX_CACHED_BYTES else None
+
+    def score(self, model: onnx.ModelProto) -> Score:
+        session = make_session(model, options=session_options())
+        dot = ref_sq = cand_sq = 0.0
+        agree = rows = 0
+        classifier = True
+        for feed, reference in zip(self._feeds(), self._references(), strict=False):
+            outputs = session.run(None, feed)
+            for ref, got in zip(reference, outputs, strict=True):
+                r, g = ref.astype(np.float64).ravel(), np.asarray(got, np.float64).ravel()
+                dot, ref_sq, cand_sq = dot + r @ g, ref_sq + r @ r, cand_sq + g @ g
+            first, got = reference[0], outputs[0]
+            if first.ndim == 2 and first.shape[1] > 1:
+                agree += int(np.sum(first.argmax(1) == np.asarray(got).argmax(1)))
+                rows += first.shape[0]
+            else:
+                classifier = False
+        cosine = dot / np.sqrt(ref_sq * cand_sq) if ref_sq and cand_sq else float(ref_sq == cand_sq)
+        return Score(float(cosine), agree / rows if classifier and rows else None)
+
+
+def tensor_units(
+    graph: onnx.GraphProto, quantized: list[str], tensors: list[str]
+) -> dict[str, frozenset[str]]:
+    """Quantized tensor -> the quantized nodes that produce or read it (units with the same nodes
+    are merged under the first tensor's name)."""
+    active = set(quantized)
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.name)
+    units: dict[str, frozenset[str]] = {}
+    seen: set[frozenset[str]] = set()
+    for tensor in tensors:
+        nodes = {n for n in readers.get(tensor, ()) if n in active}
+        producer = producers.get(tensor)
+        while (
+            producer is not None
+            and producer.name not in active
+            and producer.op_type in ("Relu", "Clip")
+        ):
+            producer = producers.get(producer.input[0])
+        if producer is not None and producer.name in active:
+            nodes.add(producer.name)
+        unit = frozenset(nodes)
+        if unit and unit not in seen:
+            seen.add(unit)
+            units[tensor] = unit
+    return units
+
+
+def search_fallback(
+    units: dict[str, frozenset[str]],
+    build: Callable[[frozenset[str]], onnx.ModelProto],
+    ranking: Evaluator,
+    judge: Evaluator,
+    target_cosine: float | None,
+    target_top1: float | None,
+) -> FallbackResult:
+    """Keep the fewest `units` (name -> nodes) float so `judge` meets the targets."""
+    result = FallbackResult()
+    full = judge.score(build(frozenset()))
+    result.score, result.evaluations = full, 1
+    if full.meets(target_cosine, target_top1):
+        result.met = True
+        return result
+    base = ranking.score(build(frozenset())).cosine
+    gains = []
+    for name, nodes in units.items():
+        gains.append((ranking.score(build(nodes)).cosine - base, name))
+        result.evaluations += 1
+    order = [name for _, name in sorted(gains, key=lambda g: (-g[0], g[1]))]
+    gain_of = {name: gain for gain, name in gains}
+
+    def nodes_of(count: int) -> frozenset[str]:
+        return frozenset().union(*(units[name] for name in order[:count]))
+
+    def check(count: int) -> Score:
+        result.evaluations += 1
+        return judge.score(build(nodes_of(count)))
+
+    low, high, count, best = 0, None, 1, None
+    while count < len(order):
+        score = check(count)
+        if score.meets(target_cosine, target_top1):
+            high, best = count, score
+            break
+        low, count = count, count * 2
+    if high is None:
+        high, best = len(order), check(len(order))
+    while high - low > 1:
+        middle = (low + high) // 2
+        score = check(middle)
+        if score.meets(target_cosine, target_top1):
+            high, best = middle, score
+        else:
+            low = middle
+    result.kept_float = [(name, round(gain_of[name], 6)) for name in order[:high]]
+    result.nodes = nodes_of(high)
+    result.score = best
+    result.met = best.meets(target_cosine, target_top1)
+    return result

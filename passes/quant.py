@@ -1,0 +1,124 @@
+"""`quant`: static int8 quantization in QDQ form that ONNX Runtime fuses into int8 kernels.
+
+Steps: prepare (BatchNorm/constant folding via `cleanup`, node names), plan (which nodes run in
+int8, see `onnxopt.quantization.plan`), calibrate (streaming min/max or histograms of the
+planned tensors on the calibration data), fidelity techniques (channel equalization before
+calibration; GPTQ weight rounding and bias correction after), QDQ rewrite, then the accuracy-aware
+fallback that keeps the most sensitive layers in float until `target_cosine`/`target_top1` is
+met on the validation data.
+
+Activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
+symmetric int8, per output channel; biases: int32 with scale x_scale * w_scale. Relu/Clip after
+an int8 op are absorbed by its Q. Declines (model unchanged, reason in the report) a model that
+is already quantized or has nothing to quantize.
+
+    onnxopt optimize model.onnx --passes quant --calib data.npz -o model_int8.onnx
+    onnxopt optimize model.onnx --passes "quant{target_top1=0.95}" --calib c.npz --val v.npz
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import onnx
+from onnxopt.passes.cleanup import CleanupPass
+
+from onnxopt.infra.errors import PassRefused
+from onnxopt.infra.options import option
+from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
+from onnxopt.infra.registry import register_pass
+from onnxopt.ir.graph import default_opset
+from onnxopt.quantization import pipeline
+from onnxopt.quantization.rules import QUANTIZED_OP_TYPES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    method: Literal["minmax", "percentile", "entropy", "mse"] = option(
+        "percentile", "activation range calibration method"
+    )
+    percentile: float = option(99.99, "percentile kept by method=percentile", low=90.0, high=100.0)
+    activation_type: Literal["auto", "uint8", "int8"] = option(
+        "auto", "activation integer type; auto: uint8 on cpu (U8S8 kernels), int8 on cuda"
+    )
+    symmetric_activations: bool = option(
+        False, "zero point fixed at the type's middle (TensorRT style)"
+    )
+    per_channel: bool = option(True, "one weight scale per output channel")
+    equalize: bool = option(
+        True,
+        "channel equalization: CLE (Conv->Relu->Conv), residual streams, SmoothQuant (LayerNorm)",
+    )
+    rounding: Literal["nearest", "gptq"] = option(
+        "gptq", "weight rounding: to nearest, or GPTQ (error feedback on calibration data)"
+    )
+    bias_correction: bool = option(
+        True, "correct each layer's mean output shift from weight rounding (calibration data)"
+    )
+    attention: bool = option(False, "also quantize MatMuls of two activations (attention scores)")
+    exclude: tuple[str, ...] = option((), "node names (globs) or op types to keep in float")
+    target_cosine: float | None = option(
+        None, "keep the fewest sensitive layers float so output cosine >= this", low=0.0, high=1.0
+    )
+    target_top1: float | None = option(
+        None, "keep the fewest sensitive layers float so top-1 agreement >= this", low=0.0, high=1.0
+    )
+    calib_samples: int | None = option(None, "use at most this many calibration samples", low=1)
+    histogram_bins: int = option(
+        4096, "histogram bins per tensor (percentile/entropy/mse)", low=512, high=65536
+    )
+    prepare: bool = option(True, "fold BatchNorm and constants (cleanup pass) before quantizing")
+    min_cosine: float = option(
+        0.9, "roll back when the output cosine on real data falls below this", low=0.0, high=1.0
+    )
+
+
+@register_pass
+class QuantPass(Pass):
+    name = "quant"
+    summary = "static int8 QDQ quantization (calibrated) that ORT fuses into int8 kernels"
+    Options = QuantOptions
+    min_opset = 10
+
+    def requires_calibration(self) -> bool:
+        return True
+
+    def fidelity(self) -> Fidelity:
+        targets = [
+            t for t in (self.options.target_cosine, self.options.min_cosine) if t is not None
+        ]
+        return Fidelity(min_cosine=min(targets))
+
+    def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
+        super().check_applicable(model, ctx)
+        if ctx.provider not in ("cpu", "cuda"):
+            raise PassRefused(f"pass 'quant' has no int8 layout for provider '{ctx.provider}'")
+
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        reason = decline_reason(model)
+        if reason is not None:
+            return PassResult(model, False, {}, [reason])
+        data = ctx.require_calibration(self.name)
+        run = pipeline.QuantRun(self.options, ctx, data)
+        if self.options.prepare:
+            prepared = CleanupPass().apply(model, ctx)
+            model = prepared.model
+            run.skipped.extend(f"prepare (cleanup): {reason}" for reason in prepared.skipped)
+        quantized = run.quantize(model)
+        if quantized is None:
+            return PassResult(model, False, run.stats, run.skipped)
+        return PassResult(quantized, True, run.stats, run.skipped)
+
+
+def decline_reason(model: onnx.ModelProto) -> str | None:
+    """Why the model must be left alone, or None."""
+    present = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES})
+    if present:
+        return f"model declined: already quantized ({', '.join(present)} present)"
+    if default_opset(model) < 10:
+        return "model declined: opset < 10 has no QuantizeLinear/DequantizeLinear"
+    return None

@@ -1,0 +1,183 @@
+"""Building blocks of `quant`: streaming histograms, range selection, parameters, channel
+equalization, GPTQ rounding, and the plan's handling of data movement ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.analyses.histogram import StreamingHistogram, choose_range
+from onnxopt.data import RandomSource, input_specs
+from onnxopt.ir.shapes import infer_shapes
+from onnxopt.quantization.equalize import Rescaler, equalization_factors, find_scale_groups, usable
+from onnxopt.quantization.params import activation_params, quantize_bias, weight_scales
+from onnxopt.quantization.plan import PlanConfig, make_plan
+from onnxopt.quantization.rounding import gptq
+from onnxopt.runtime import make_session
+
+
+def test_streaming_histogram_is_exact_and_bounded():
+    rng = np.random.default_rng(0)
+    hist = StreamingHistogram(max_bins=1024)
+    chunks = [rng.standard_normal(5000).astype(np.float32) * (1 + i) for i in range(30)]
+    for chunk in chunks:
+        hist.update(chunk)
+    values = np.concatenate(chunks)
+    assert hist.counts.size <= 1024
+    assert hist.count == values.size
+    assert (hist.minimum, hist.maximum) == (float(values.min()), float(values.max()))
+    reference, _ = np.histogram(values, bins=hist.edges())
+    np.testing.assert_array_equal(reference, hist.counts)
+
+
+def test_histogram_memory_does_not_grow_with_samples():
+    rng = np.random.default_rng(1)
+    hist = StreamingHistogram(max_bins=2048)
+    sizes = []
+    for _ in range(200):
+        hist.update(rng.standard_normal(1000).astype(np.float32))
+        sizes.append(hist.counts.nbytes)
+    assert max(sizes) <= 2048 * 8
+
+
+def test_percentile_matches_numpy_and_ranges_contain_zero():
+    rng = np.random.default_rng(2)
+    values = rng.standard_normal(400_000).astype(np.float32)
+    hist = StreamingHistogram()
+    hist.update(values)
+    lo, hi = choose_range(hist, "percentile", 99.9)
+    expected = np.percentile(values, [0.1, 99.9])
+    assert lo == pytest.approx(expected[0], abs=0.01) and hi == pytest.approx(expected[1], abs=0.01)
+    relu = StreamingHistogram()
+    relu.update(np.maximum(values, 0) + 1.0)  # all positive: the range still starts at 0
+    for method in ("minmax", "percentile", "mse", "entropy"):
+        lo, hi = choose_range(relu, method)
+        assert lo == 0.0 and 0 < hi <= relu.maximum
+
+
+def test_mse_and_entropy_clip_heavy_tails():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.standard_normal(200_000), [80.0, -60.0]]).astype(np.float32)
+    hist = StreamingHistogram()
+    hist.update(values)
+    for method in ("mse", "entropy"):
+        lo, hi = choose_range(hist, method)
+        assert -60 < lo < -2 and 2 < hi < 80, method
+
+
+def test_activation_params_cover_the_range_with_zero_exact():
+    p = activation_params(-1.0, 3.0, np.uint8)
+    assert p.scale == pytest.approx(4.0 / 255, rel=1e-6)
+    assert p.fake_quantize(np.array([0.0]))[0] == 0.0
+    s = activation_params(-1.0, 3.0, np.int8, symmetric=True)
+    assert s.zero_point == 0 and s.scale == pytest.approx(3.0 / 127, rel=1e-6)
+
+
+def test_weight_scales_per_channel_and_bias_int32():
+    weight = np.array([[1.0, -2.0], [0.5, 0.25]], np.float32)
+    scales = weight_scales(weight, 0)
+    np.testing.assert_allclose(scales, [2.0 / 127, 0.5 / 127], rtol=1e-6)
+    bias, bias_scales = quantize_bias(np.array([0.3, -0.1]), 0.01, scales)
+    assert bias.dtype == np.int32
+    np.testing.assert_allclose(bias * bias_scales, [0.3, -0.1], atol=bias_scales.max())
+
+
+def test_gptq_beats_nearest_rounding_on_correlated_inputs():
+    rng = np.random.default_rng(4)
+    mix = rng.standard_normal((16, 16))
+    x = rng.standard_normal((4000, 16)) @ mix  # correlated features
+    weight = rng.standard_normal((8, 16))
+    scales = np.abs(weight).max(axis=1) / 127 * 8  # coarse levels make rounding matter
+    h = x.T @ x
+    nearest = np.clip(np.round(weight / scales[:, None]), -127, 127)
+    rounded = gptq(weight, scales, h).astype(np.float64)
+
+    def error(codes):
+        return np.sum(((weight - codes * scales[:, None]) @ x.T) ** 2)
+
+    assert error(rounded) < 0.7 * error(nearest)
+
+
+def test_equalization_keeps_the_function(convbnrelu_path, transformer_path):
+    for path in (convbnrelu_path, transformer_path):
+        model = onnx.load(str(path))
+        ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
+        groups = usable(find_scale_groups(model, ranks))
+        assert groups, path.name
+        equalized = onnx.ModelProto()
+        equalized.CopyFrom(model)
+        rescaler = Rescaler(equalized)
+        rng = np.random.default_rng(5)
+        for group in groups:
+            peaks = rng.uniform(0.1, 10.0, group.channels)
+            rescaler.apply(
+                group, equalization_factors(group, peaks, rescaler.consumer_peaks(group))
+            )
+        feed = next(iter(RandomSource(input_specs(model), seed=0, batch=2)))
+        before = make_session(model).run(None, feed)[0]
+        after = make_session(equalized).run(None, feed)[0]
+        np.testing.assert_allclose(after, before, rtol=1e-3, atol=1e-4 * np.abs(before).max())
+
+
+def test_transformer_groups_run_through_layernorm_into_matmuls(transformer_path):
+    model = onnx.load(str(transformer_path))
+    ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
+    groups = usable(find_scale_groups(model, ranks))
+    layer_norm_groups = [
+        g for g in groups if any(op == "LayerNormalization" for _, op in g.producers)
+    ]
+    assert layer_norm_groups
+    assert any(len(g.consumers) == 3 for g in layer_norm_groups)  # q, k and v read one LN
+
+
+def test_clip_blocks_equalization_and_relu_does_not():
+    rng = np.random.default_rng(6)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in (("w1", (4, 3, 1, 1)), ("w2", (4, 4, 1, 1)), ("lo", ()), ("hi", ()))
+    ]
+    for activation in ("Relu", "Clip"):
+        inputs = ["a", "lo", "hi"] if activation == "Clip" else ["a"]
+        nodes = [
+            helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+            helper.make_node(activation, inputs, ["b"], name="act"),
+            helper.make_node("Conv", ["b", "w2"], ["y"], name="c2"),
+        ]
+        model = _model(nodes, inits)
+        ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
+        found = usable(find_scale_groups(model, ranks))
+        assert bool(found) == (activation == "Relu")
+
+
+def test_data_movement_shares_parameters_between_int8_ops():
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1], name="c2"),
+    ]
+    model = _model(nodes, inits)
+    dtypes = dict(infer_shapes(model).dtypes)
+    dtypes["x"] = TensorProto.FLOAT
+    plan = make_plan(model, dtypes, PlanConfig())
+    assert plan.root("b") == "a"  # MaxPool's output reuses its input's scale/zero point
+    assert plan.calibration_tensors() == ["a", "x", "y"]  # QLinearConv needs a Q on y too
+
+
+def _model(nodes, initializers) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
