@@ -25,7 +25,14 @@ from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
 from onnxopt.ir.edit import bypass_node, fold_constants, remove_dead_code
-from onnxopt.ir.graph import GraphIndex, is_onnx_domain, make_tensor, node_attr
+from onnxopt.ir.graph import (
+    GraphIndex,
+    Names,
+    is_onnx_domain,
+    make_tensor,
+    node_attr,
+    set_attribute,
+)
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 
@@ -153,8 +160,9 @@ def _folded_weights(layer, weight, bias, mult, channels):
 def _rewire(graph, layer, bn, weight, bias) -> None:
     """Point the layer at new weight/bias initializers and let it produce the BN's output."""
     prefix = layer.name or layer.output[0]
-    weight_name = _fresh_name(graph, f"{prefix}.weight_bnfolded")
-    bias_name = _fresh_name(graph, f"{prefix}.bias_bnfolded")
+    names = Names(graph)
+    weight_name = names.fresh(f"{prefix}.weight_bnfolded")
+    bias_name = names.fresh(f"{prefix}.bias_bnfolded")
     graph.initializer.extend([make_tensor(weight_name, weight), make_tensor(bias_name, bias)])
     layer.input[1] = weight_name
     if len(layer.input) > 2:
@@ -162,25 +170,9 @@ def _rewire(graph, layer, bn, weight, bias) -> None:
     else:
         layer.input.append(bias_name)
     if layer.op_type == "Gemm":
-        _set_float_attr(layer, "beta", 1.0)
+        set_attribute(layer, "beta", 1.0)
     layer.output[0] = bn.output[0]
     graph.node.remove(bn)
-
-
-def _set_float_attr(node: onnx.NodeProto, name: str, value: float) -> None:
-    for attr in node.attribute:
-        if attr.name == name:
-            attr.f = value
-            return
-    node.attribute.append(onnx.helper.make_attribute(name, value))
-
-
-def _fresh_name(graph: onnx.GraphProto, base: str) -> str:
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    name, counter = base, 1
-    while name in taken:
-        name, counter = f"{base}_{counter}", counter + 1
-    return name
 
 
 def _remove_passthrough(graph: onnx.GraphProto, shapes: ShapeInfo, skipped: list[str]) -> int:

@@ -135,3 +135,30 @@ def make_tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
 
 def tensor_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
     return {name for node in nodes for name in (*node.input, *node.output) if name}
+
+
+class Names:
+    """Hands out tensor/node names not yet used in a graph, deterministically."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.taken: set[str] = {t.name for t in graph.initializer}
+        self.taken |= {v.name for v in (*graph.input, *graph.output)}
+        for node in graph.node:
+            self.taken.add(node.name)
+            self.taken.update(n for n in (*node.input, *node.output) if n)
+
+    def fresh(self, base: str) -> str:
+        name, counter = base, 1
+        while name in self.taken:
+            name, counter = f"{base}_{counter}", counter + 1
+        self.taken.add(name)
+        return name
+
+
+def set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    """Set (or replace) one attribute of a node."""
+    for i, attr in enumerate(node.attribute):
+        if attr.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))

@@ -9,24 +9,6 @@ import onnx
 from onnx import numpy_helper
 
 
-class Names:
-    """Hands out tensor/node names not yet used in a graph, deterministically."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.taken: set[str] = {t.name for t in graph.initializer}
-        self.taken |= {v.name for v in (*graph.input, *graph.output)}
-        for node in graph.node:
-            self.taken.add(node.name)
-            self.taken.update(n for n in (*node.input, *node.output) if n)
-
-    def fresh(self, base: str) -> str:
-        name, counter = base, 1
-        while name in self.taken:
-            name, counter = f"{base}_{counter}", counter + 1
-        self.taken.add(name)
-        return name
-
-
 def quantize_node(
     name: str, source: str, scale: str, zero_point: str, output: str
 ) -> onnx.NodeProto:

@@ -25,7 +25,7 @@ import onnx
 from onnxopt.analyses.channel_groups import ChannelGroups
 from onnxopt.data import DataSource
 from onnxopt.ir.edit import remove_dead_code
-from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr
+from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
 from onnxopt.ir.shapes import infer_shapes
 from onnxopt.pruning.activations import TensorReader, batches
 from onnxopt.pruning.lstsq import FoldedEquations
@@ -234,8 +234,8 @@ def _write_gemm(model, index, node, problem, ridge):
     w, bias, used = problem.solve(w0.astype(np.float64), ridge)
     _set_input(model, node, 1, (w.T if trans_b else w).astype(weight.dtype), "weight_refit")
     _set_input(model, node, 2, bias.astype(weight.dtype), "bias_refit")
-    _set_float_attr(node, "alpha", 1.0)
-    _set_float_attr(node, "beta", 1.0)
+    set_attribute(node, "alpha", 1.0)
+    set_attribute(node, "beta", 1.0)
     return used
 
 
@@ -261,11 +261,3 @@ def _set_input(
     while len(node.input) <= position:
         node.input.append("")
     node.input[position] = name
-
-
-def _set_float_attr(node: onnx.NodeProto, name: str, value: float) -> None:
-    for attr in node.attribute:
-        if attr.name == name:
-            attr.f = value
-            return
-    node.attribute.append(onnx.helper.make_attribute(name, value))

@@ -18,7 +18,7 @@ import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups, Fixup, NodeRole
 from onnxopt.ir.edit import remove_dead_code
-from onnxopt.ir.graph import GraphIndex, default_opset, make_tensor
+from onnxopt.ir.graph import GraphIndex, Names, default_opset, make_tensor, set_attribute
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.ir.tensors import iter_graphs
 
@@ -36,7 +36,8 @@ class Rewriter:
         self.groups = groups
         self.keep = {g: np.sort(np.asarray(k, dtype=np.int64)) for g, k in keep.items()}
         self.index = GraphIndex(model.graph)
-        self.taken = {t.name for t in self.graph.initializer} | {
+        self.names = Names(self.graph)
+        self.names.taken |= {
             name for g in iter_graphs(self.graph) for n in g.node for name in (*n.input, *n.output)
         }
         self._kept: dict[str, np.ndarray] = {}
@@ -75,16 +76,9 @@ class Rewriter:
         self, node: onnx.NodeProto, input_index: int, value: np.ndarray, tag: str
     ) -> None:
         """Point `node.input[input_index]` at a new initializer holding `value`."""
-        name = self.fresh(f"{node.input[input_index]}.{tag}")
+        name = self.names.fresh(f"{node.input[input_index]}.{tag}")
         self.graph.initializer.append(make_tensor(name, value))
         node.input[input_index] = name
-
-    def fresh(self, base: str) -> str:
-        name, counter = base, 1
-        while name in self.taken:
-            name, counter = f"{base}_{counter}", counter + 1
-        self.taken.add(name)
-        return name
 
     def _drop_stale_shapes(self) -> None:
         keep = [v for v in self.graph.value_info if not self.changed(v.name)]
@@ -94,7 +88,7 @@ class Rewriter:
 
 def _fix_conv_group(rw: Rewriter, node: onnx.NodeProto, fixup: Fixup) -> None:
     if rw.changed(fixup.tensor):
-        _set_int_attr(node, "group", len(rw.kept(fixup.tensor)))
+        set_attribute(node, "group", len(rw.kept(fixup.tensor)))
 
 
 def _fix_split(rw: Rewriter, node: onnx.NodeProto, fixup: Fixup) -> None:
@@ -111,14 +105,14 @@ def _fix_split(rw: Rewriter, node: onnx.NodeProto, fixup: Fixup) -> None:
         if len(node.input) > 1 and node.input[1]:
             rw.replace_input(node, 1, sizes, "pruned")
         else:
-            name = rw.fresh(f"{node.name or node.output[0]}.split_pruned")
+            name = rw.names.fresh(f"{node.name or node.output[0]}.split_pruned")
             rw.graph.initializer.append(make_tensor(name, sizes))
             if len(node.input) > 1:
                 node.input[1] = name
             else:
                 node.input.append(name)
     else:
-        _set_ints_attr(node, "split", sizes.tolist())
+        set_attribute(node, "split", sizes.tolist())
 
 
 def _fix_reshape(rw: Rewriter, node: onnx.NodeProto, fixup: Fixup) -> None:
@@ -130,22 +124,6 @@ def _fix_reshape(rw: Rewriter, node: onnx.NodeProto, fixup: Fixup) -> None:
 
 
 FIXUPS = {"conv_group": _fix_conv_group, "split": _fix_split, "reshape": _fix_reshape}
-
-
-def _set_int_attr(node: onnx.NodeProto, name: str, value: int) -> None:
-    for attr in node.attribute:
-        if attr.name == name:
-            attr.i = value
-            return
-    node.attribute.append(onnx.helper.make_attribute(name, value))
-
-
-def _set_ints_attr(node: onnx.NodeProto, name: str, values: list[int]) -> None:
-    for i, attr in enumerate(node.attribute):
-        if attr.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(onnx.helper.make_attribute(name, values))
 
 
 def apply_keep(model: onnx.ModelProto, groups: ChannelGroups, keep: Keep) -> onnx.ModelProto:

@@ -18,8 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxopt.data import DataSource
-from onnxopt.ir.graph import GraphIndex
-from onnxopt.ir.qdq import Names
+from onnxopt.ir.graph import GraphIndex, Names
 from onnxopt.runtime import make_session, session_options
 
 log = logging.getLogger(__name__)

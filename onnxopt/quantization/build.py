@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.ir.graph import GraphIndex, node_attr
-from onnxopt.ir.qdq import Names, add_initializers, dequantize_node, quantize_node
+from onnxopt.ir.graph import GraphIndex, Names, node_attr
+from onnxopt.ir.qdq import add_initializers, dequantize_node, quantize_node
 from onnxopt.quantization.params import (
     ActivationParams,
     bias_safe_scales,

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.ir.graph import GraphIndex, is_onnx_domain, node_attr
-from onnxopt.ir.qdq import Names, add_initializers
+from onnxopt.ir.graph import GraphIndex, Names, is_onnx_domain, node_attr
+from onnxopt.ir.qdq import add_initializers
 
 ALPHA = 0.5
 MAX_FACTOR = 1e3
