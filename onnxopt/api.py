@@ -20,6 +20,7 @@ from onnxopt.infra.registry import get_pass_class, pass_names
 from onnxopt.ir.io import (
     LoadedModel,
     check_output_path,
+    discard_model,
     load_model,
     save_model,
     write_text_atomic,
@@ -71,11 +72,16 @@ def optimize(
     optimized, run_report = manager.run(loaded.proto)
     run_report.input = str(loaded.path) if loaded.path else "<in-memory model>"
     written = None
-    if output is not None:
-        written = save_model(optimized, output, protect=protect)
-        run_report.output = str(written)
-    if report is not None:
-        write_text_atomic(Path(report), run_report.to_json() + "\n", protect)
+    try:
+        if output is not None:
+            written = save_model(optimized, output, protect=protect)
+            run_report.output = str(written)
+        if report is not None:
+            write_text_atomic(Path(report), run_report.to_json() + "\n", protect)
+    except BaseException:
+        if written is not None:  # all or nothing: no model without its report
+            discard_model(written)
+        raise
     return OptimizeResult(optimized, run_report, written)
 
 

@@ -35,6 +35,7 @@ from onnxopt.data import (
 )
 from onnxopt.infra.errors import InputError
 from onnxopt.ir.io import LoadedModel, load_model, save_model
+from onnxopt.ir.shapes import check_tensor_sizes
 from onnxopt.runtime import make_session, provider_name, session_options
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ def benchmark_models(
     spin = settings.spin if settings.spin is not None else len(models) == 1
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as workdir:
         loaded = [_load(model, Path(workdir), i) for i, model in enumerate(models)]
+        for model in loaded:
+            check_tensor_sizes(model.proto)
         feeds = _feeds(loaded, settings, data, shapes)
         prepared = [
             _prepare(m, feed, settings, spin) for m, feed in zip(loaded, feeds, strict=True)

@@ -4,7 +4,8 @@ Sources, opened by `open_data`:
 - `FILE.npz` whose keys are the model's input names, samples stacked on axis 0 (a `.npy` file
   works the same way for a single-input model). Read one batch at a time, never whole.
 - a directory of `.npz`/`.npy` files, one sample each (with or without the batch axis), sorted by
-  path and stacked into batches; `.npy` only for single-input models.
+  path and stacked into batches; `.npy` only for single-input models. A file holding one whole
+  feed whose inputs share no sample axis (scalars, different first dims) is one batch as is.
 - a directory of images (jpg/png/bmp/webp) preprocessed as declared by `ImagePreprocess`.
 - a Python iterable of feeds (or a function returning one), or an object with ORT's
   `CalibrationDataReader.get_next()`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from onnxopt.feeds import (
 )
 from onnxopt.images import IMAGE_SUFFIXES, ImageFolderSource, ImagePreprocess, parse_preprocess
 from onnxopt.infra.errors import InputError
+from onnxopt.ir.limits import human_bytes, memory_budget
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,10 @@ class DirectorySource(DataSource):
         pending: list[Feed] = []
         rows = 0
         for file in self.files:
-            chunk = self._read(file)
+            chunk, whole = self._read(file)
+            if whole:
+                yield chunk
+                continue
             pending.append(chunk)
             rows += _rows(chunk)
             while rows >= self.batch_size:
@@ -163,7 +169,8 @@ class DirectorySource(DataSource):
             check_feed(batch, self.specs, str(self.path))
             yield batch
 
-    def _read(self, file: Path) -> Feed:
+    def _read(self, file: Path) -> tuple[Feed, bool]:
+        """The file's arrays, and whether they are a whole feed that cannot be stacked."""
         try:
             if file.suffix.lower() == ".npy":
                 raw = {self.specs[0].name: np.load(file, allow_pickle=False)}
@@ -172,11 +179,14 @@ class DirectorySource(DataSource):
                     raw = {s.name: archive[s.name] for s in self.specs if s.name in archive.files}
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read data file {file}: {exc}") from None
-        chunk = {}
         for spec in self.specs:
             if spec.name not in raw:
                 has = ", ".join(raw) or "nothing"
                 raise InputError(f"{file}: missing input '{spec.name}' (file has: {has})")
+        if _whole_feed(raw, self.specs):
+            return {spec.name: raw[spec.name] for spec in self.specs}, True
+        chunk = {}
+        for spec in self.specs:
             array = raw[spec.name]
             if array.ndim == len(spec.shape) - 1:
                 array = array[np.newaxis]
@@ -184,7 +194,20 @@ class DirectorySource(DataSource):
         check_feed(chunk, self.loose, str(file))
         if len({_rows({k: v}) for k, v in chunk.items()}) > 1:
             raise InputError(f"{file}: inputs hold different numbers of samples")
-        return chunk
+        return chunk, False
+
+
+def _whole_feed(raw: Feed, specs: list[InputSpec]) -> bool:
+    """Whether `raw` fits the inputs exactly but has no common sample axis to stack on."""
+    arrays = [raw[spec.name] for spec in specs]
+    leading = {a.shape[0] if a.ndim else None for a in arrays}
+    if len(leading) == 1 and None not in leading:
+        return False
+    try:
+        check_feed({spec.name: raw[spec.name] for spec in specs}, specs, "")
+    except InputError:
+        return False
+    return True
 
 
 def _rows(feed: Feed) -> int:
@@ -311,6 +334,13 @@ class RandomSource(DataSource):
 
 def random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Standard-normal floats, 0/1 for integers and booleans (safe as indices and masks)."""
+    needed = math.prod(shape) * 8  # drawn as float64/int64, then cast
+    budget = memory_budget()
+    if needed > budget:
+        raise InputError(
+            f"random data for input '{spec.name}' of shape {list(shape)} needs "
+            f"{human_bytes(needed)}, more than the {human_bytes(budget)} of memory available"
+        )
     if spec.dtype.kind == "f":
         return rng.standard_normal(shape).astype(spec.dtype)
     if spec.dtype.kind in "biu":

@@ -44,8 +44,20 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     for value in model.graph.input:
         if value.name in initializers:
             continue
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            what = kind.removesuffix("_type").replace("_", " ") if kind else "value of no type"
+            raise InputError(
+                f"input '{value.name}' is a {what}, not a tensor: onnxopt feeds, calibrates "
+                "and validates models with tensor inputs only"
+            )
         tensor_type = value.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        except KeyError:
+            raise InputError(
+                f"input '{value.name}' has no usable element type ({tensor_type.elem_type})"
+            ) from None
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in tensor_type.shape.dim

@@ -41,7 +41,8 @@ def session_options(
 ) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
-    options.log_severity_level = 3
+    # Errors reach the caller as exceptions; ORT's own log of them would be a second copy.
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from onnxopt.data import DataSource, Feed, ImagePreprocess, input_specs, open_data
 from onnxopt.infra.errors import CheckFailed, InputError
 from onnxopt.ir.io import load_model
+from onnxopt.ir.shapes import check_tensor_sizes
 from onnxopt.runtime import make_session, provider_name, session_options
 
 log = logging.getLogger(__name__)
@@ -95,18 +96,22 @@ class _Accumulator:
         r = np.asarray(ref, dtype=np.float64).ravel()
         c = np.asarray(cand, dtype=np.float64).ravel()
         if not (np.all(np.isfinite(c)) and np.all(np.isfinite(r))):
+            # Equal non-finite values (same places) are a match; the metrics use the rest.
             self.nonfinite = self.nonfinite or not np.array_equal(r, c, equal_nan=True)
-            r, c = np.nan_to_num(r), np.nan_to_num(c)
-        err = np.abs(c - r)
-        self.count += r.size
-        if r.size:
-            self.max_abs = max(self.max_abs, float(err.max()))
-            self.ref_peak = max(self.ref_peak, float(np.abs(r).max()))
-        self.sum_abs += float(err.sum())
-        self.dot += float(r @ c)
-        self.ref_sq += float(r @ r)
-        self.cand_sq += float(c @ c)
-        self.err_sq += float(err @ err)
+            finite = np.isfinite(r) & np.isfinite(c)
+            r, c = r[finite], c[finite]
+        # Finite values near the float64 limit overflow the sums: inf/NaN metrics fail gates.
+        with np.errstate(over="ignore", invalid="ignore"):
+            err = np.abs(c - r)
+            self.count += r.size
+            if r.size:
+                self.max_abs = max(self.max_abs, float(err.max()))
+                self.ref_peak = max(self.ref_peak, float(np.abs(r).max()))
+            self.sum_abs += float(err.sum())
+            self.dot += float(r @ c)
+            self.ref_sq += float(r @ r)
+            self.cand_sq += float(c @ c)
+            self.err_sq += float(err @ err)
         is_logits = ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating)
         self.classifier = is_logits if self.classifier is None else self.classifier and is_logits
         if is_logits:
@@ -124,7 +129,13 @@ class _Accumulator:
         if self.nonfinite:
             nan = float("nan")
             return OutputFidelity(self.name, math.inf, math.inf, math.inf, nan, -math.inf)
-        denom = math.sqrt(self.ref_sq * self.cand_sq)
+        product = self.ref_sq * self.cand_sq
+        # The product of two large sums overflows where the product of their roots does not.
+        denom = (
+            math.sqrt(product)
+            if math.isfinite(product)
+            else math.sqrt(self.ref_sq) * math.sqrt(self.cand_sq)
+        )
         cosine = self.dot / denom if denom > 0 else float(self.ref_sq == self.cand_sq)
         signal = max(self.ref_sq, 1e-300)
         snr = math.inf if self.err_sq == 0 else 10 * math.log10(signal / self.err_sq)
@@ -278,6 +289,8 @@ def validate_models(
     ref_proto, ref_source = _model(reference)
     cand_proto, cand_source = _model(candidate)
     _check_same_inputs(ref_proto, cand_proto)
+    check_tensor_sizes(ref_proto)
+    check_tensor_sizes(cand_proto)
     if data is None:
         raise InputError("validate needs data: a .npz/.npy file, a folder, or 'random'")
     source = open_data(

@@ -7,6 +7,8 @@ Rewrites, in the main graph:
   Reshape whose inferred input and output shapes are equal and static: removed.
 - Constant subgraphs: evaluated (onnx-graphsurgeon + ORT), unless the result exceeds
   `fold_limit_mb`; a folding error is reported, never hidden, and folding is then skipped.
+  Codebook decoders and transposed views of deduplicated constants (`share`) are kept:
+  folding them would undo the compression, and ONNX Runtime folds them at session load.
 - Nodes and initializers no output depends on: removed; nodes sorted topologically.
 
 Refuses (and reports) a fold when a weight is not constant or the layer's output has other readers.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxopt.analyses.codebooks import compressed_tensors
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
@@ -72,7 +75,8 @@ class CleanupPass(Pass):
             skipped.append("constant folding skipped: the model is over 2 GB")
         elif self.options.fold_constants:
             try:
-                model = fold_constants(model, int(self.options.fold_limit_mb * 1e6))
+                limit = int(self.options.fold_limit_mb * 1e6)
+                model = fold_constants(model, limit, frozenset(compressed_tensors(model.graph)))
             except Exception as exc:  # graphsurgeon re-raises ORT's errors of any type
                 skipped.append(
                     f"constant folding skipped: {type(exc).__name__}: {exc}".splitlines()[0]

@@ -9,8 +9,9 @@ met on the validation data.
 
 Activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
 symmetric int8, per output channel; biases: int32 with scale x_scale * w_scale. Relu/Clip after
-an int8 op are absorbed by its Q. Declines (model unchanged, reason in the report) a model that
-is already quantized or has nothing to quantize.
+an int8 op are absorbed by its Q. Weights stored as codebooks by `share` stay codebooks, of
+int8 codes (see `onnxopt.quantization.shared`). Declines (model unchanged, reason in the
+report) a model that is already quantized or has nothing to quantize.
 
     onnxopt optimize model.onnx --passes quant --calib data.npz -o model_int8.onnx
     onnxopt optimize model.onnx --passes "quant{target_top1=0.95}" --calib c.npz --val v.npz
@@ -30,8 +31,10 @@ from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
 from onnxopt.ir.graph import default_opset
+from onnxopt.ir.qdq import ensure_node_names
 from onnxopt.quantization import pipeline
 from onnxopt.quantization.rules import QUANTIZED_OP_TYPES
+from onnxopt.quantization.shared import materialize, restore
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,9 @@ class QuantPass(Pass):
             return PassResult(model, False, {}, [reason])
         data = ctx.require_calibration(self.name)
         run = pipeline.QuantRun(self.options, ctx, data)
+        ensure_node_names(model.graph)
+        model, shared = materialize(model)
+        run.frozen = frozenset(w.tensor for w in shared)
         if self.options.prepare:
             prepared = CleanupPass().apply(model, ctx)
             model = prepared.model
@@ -111,6 +117,10 @@ class QuantPass(Pass):
         quantized = run.quantize(model)
         if quantized is None:
             return PassResult(model, False, run.stats, run.skipped)
+        if shared:
+            left_plain = restore(quantized, shared)
+            run.skipped.extend(left_plain)
+            run.stats["codebook_weights"] = len(shared)
         return PassResult(quantized, True, run.stats, run.skipped)
 
 

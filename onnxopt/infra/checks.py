@@ -35,6 +35,27 @@ def checker_error(model: onnx.ModelProto, level: str) -> str | None:
     return None
 
 
+def interface_error(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
+    """How `after` changed the graph's inputs or outputs (names, order, element types), or None.
+
+    A graph input with a default value (an initializer of the same name) stays an input: a
+    caller may feed it.
+    """
+    for kind in ("input", "output"):
+        old, new = getattr(before.graph, kind), getattr(after.graph, kind)
+        old_names, new_names = [v.name for v in old], [v.name for v in new]
+        if old_names != new_names:
+            return f"graph {kind}s changed: {_names(old_names)} -> {_names(new_names)}"
+        for a, b in zip(old, new, strict=True):
+            if a.type.tensor_type.elem_type != b.type.tensor_type.elem_type:
+                return f"graph {kind} '{a.name}' changed its element type"
+    return None
+
+
+def _names(names: list[str]) -> str:
+    return "[" + ", ".join(names[:6]) + (", ...]" if len(names) > 6 else "]")
+
+
 def strongest_passing_level(model: onnx.ModelProto) -> str:
     """The strictest checker level the input model passes: outputs must pass it too."""
     for level in CHECK_LEVELS:

@@ -20,6 +20,7 @@ from onnxopt.infra.pass_base import Pass, PassContext
 from onnxopt.infra.pipeline import Pipeline
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
 from onnxopt.infra.registry import get_pass_class
+from onnxopt.ir.shapes import check_tensor_sizes
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ class PassManager:
         record.expected = pass_.fidelity().describe()
         accepted_model, accepted_session = model, session
         if result.changed:
-            failure, new_session = self._gate(pass_, result.model, session, data, record, report)
+            failure, new_session = self._gate(
+                pass_, model, result.model, session, data, record, report
+            )
             if failure is None:
                 record.status = "changed"
                 accepted_model, accepted_session = result.model, new_session
@@ -126,9 +129,10 @@ class PassManager:
             instrument.after_pass(pass_.name, record)
         return accepted_model, accepted_session
 
-    def _gate(self, pass_, candidate, session, data, record, report):
+    def _gate(self, pass_, before, candidate, session, data, record, report):
         """Check the candidate; return (failure reason or None, its session)."""
-        error = checks.checker_error(candidate, report.checker_level)
+        error = checks.interface_error(before, candidate)
+        error = error or checks.checker_error(candidate, report.checker_level)
         if error:
             return error, None
         outcome = checks.try_session(candidate, self.provider)
@@ -142,7 +146,9 @@ class PassManager:
         return error, outcome.session
 
     def _check_preconditions(self, model: onnx.ModelProto) -> None:
-        """Refuse before any work when a pass cannot run at all (opset, missing data)."""
+        """Refuse before any work when a pass cannot run at all (opset, missing data) or the
+        model declares a tensor that cannot fit in memory."""
+        check_tensor_sizes(model)
         ctx = PassContext(calibration=self.calibration)
         for pass_ in self.passes:
             pass_.check_applicable(model, ctx)

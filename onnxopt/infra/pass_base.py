@@ -99,6 +99,12 @@ class Pass(ABC):
     def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
         """Raise PassRefused/InputError when the pass cannot run on `model` at all."""
         opset = default_opset(model)
+        if opset == 0 and self.min_opset > 1:
+            domains = ", ".join(sorted({o.domain for o in model.opset_import})) or "none"
+            raise PassRefused(
+                f"pass '{self.name}' works on ai.onnx operators; the model imports no ai.onnx "
+                f"opset (its domains: {domains})"
+            )
         if opset < self.min_opset:
             raise PassRefused(
                 f"pass '{self.name}' needs opset >= {self.min_opset}, the model has opset {opset} "

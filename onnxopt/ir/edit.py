@@ -8,9 +8,17 @@ from __future__ import annotations
 import heapq
 import logging
 
+import numpy as np
 import onnx
 
-from onnxopt.ir.graph import from_graphsurgeon, to_graphsurgeon
+from onnxopt.ir.graph import (
+    from_graphsurgeon,
+    is_onnx_domain,
+    make_tensor,
+    node_attr,
+    subgraph_outer_reads,
+    to_graphsurgeon,
+)
 from onnxopt.ir.tensors import iter_graphs
 
 log = logging.getLogger(__name__)
@@ -52,17 +60,95 @@ def bypass_node(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
     return True
 
 
-def fold_constants(model: onnx.ModelProto, size_limit_bytes: int) -> onnx.ModelProto:
-    """Evaluate constant subgraphs with graphsurgeon (errors raised, not swallowed)."""
+def fold_constants(
+    model: onnx.ModelProto, size_limit_bytes: int, keep: frozenset[str] = frozenset()
+) -> onnx.ModelProto:
+    """Evaluate constant subgraphs with graphsurgeon (errors raised, not swallowed); nodes that
+    produce a tensor in `keep` are not evaluated.
+
+    An initializer that is also a graph input is only a default the caller may override:
+    graphsurgeon would take it for a constant (fold through it, drop the input), so it is
+    handed over as a plain graph input and put back afterwards.
+
+    graphsurgeon's own shape folding is off: it trusts the value_info written in the file and
+    ignores Shape's start/end (opset 15); `_fold_shapes` replaces it.
+    """
+    inputs = {v.name for v in model.graph.input}
+    shadowed = [t for t in model.graph.initializer if t.name in inputs]
+    if shadowed:
+        original, model = model, onnx.ModelProto()
+        model.CopyFrom(original)
+        kept = [t for t in model.graph.initializer if t.name not in inputs]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    model = _fold_shapes(model, keep)
     graph = to_graphsurgeon(model)
     graph.toposort()
     graph.fold_constants(
         error_ok=False,
+        fold_shapes=False,
         size_threshold=size_limit_bytes,
         flatten_subgraphs=False,
+        should_exclude_node=lambda node: any(t.name in keep for t in node.outputs),
     )
     graph.cleanup(remove_unused_graph_inputs=False)
-    return from_graphsurgeon(graph, like=model)
+    folded = from_graphsurgeon(graph, like=model)
+    folded.graph.initializer.extend(shadowed)
+    return folded
+
+
+def _fold_shapes(model: onnx.ModelProto, keep: frozenset[str]) -> onnx.ModelProto:
+    """A copy of `model` where each Shape node whose input has a static shape is a Constant
+    (start/end honoured); `model` itself when there is none.
+
+    Shapes are inferred from the graph inputs and initializers alone: value_info and output
+    shapes written in the file are dropped first, as an untrusted file may declare them wrong.
+    """
+    shape_nodes = [
+        i
+        for i, node in enumerate(model.graph.node)
+        if node.op_type == "Shape" and is_onnx_domain(node) and node.output[0] not in keep
+    ]
+    if not shape_nodes:
+        return model
+    static = _static_shapes(model)
+    folded = [i for i in shape_nodes if model.graph.node[i].input[0] in static]
+    if not folded:
+        return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    for i in folded:
+        node = result.graph.node[i]
+        dims = static[node.input[0]]
+        value = np.array(dims[node_attr(node, "start", 0) : node_attr(node, "end", None)], np.int64)
+        node.op_type, node.domain = "Constant", ""
+        del node.input[:]
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", make_tensor("", value)))
+    return result
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for output in probe.graph.output:
+        if output.type.HasField("tensor_type"):
+            output.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several unrelated types; then nothing is folded
+        log.info("shape folding skipped: %s: %s", type(exc).__name__, exc)
+        return {}
+    static = {t.name: list(t.dims) for t in inferred.graph.initializer}
+    for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type" or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            static.setdefault(value.name, [d.dim_value for d in dims])
+    return static
 
 
 def remove_dead_code(model: onnx.ModelProto) -> int:
@@ -106,22 +192,6 @@ def _reorder(field, ordered) -> None:
         copies.append(copy_)
     del field[:]
     field.extend(copies)
-
-
-def subgraph_outer_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs read from enclosing scopes."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for sub in subgraphs:
-            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for inner in sub.node:
-                defined.update(inner.output)
-            for inner in sub.node:
-                reads.update(n for n in inner.input if n and n not in defined)
-                reads.update(n for n in subgraph_outer_reads(inner) if n not in defined)
-            reads.update(o.name for o in sub.output if o.name not in defined)
-    return reads
 
 
 def stable_toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

@@ -48,6 +48,9 @@ class GraphIndex:
         self.initializers = {t.name: t for t in graph.initializer}
         self.graph_inputs = {v.name for v in graph.input}
         self.graph_outputs = {v.name for v in graph.output}
+        # Tensors read by name inside If/Loop/Scan bodies: such a reader holds the tensor's
+        # name, so the tensor can be neither renamed nor given another producer.
+        self.subgraph_reads: set[str] = set()
         for node in graph.node:
             for name in node.output:
                 if name:
@@ -55,6 +58,7 @@ class GraphIndex:
             for name in set(node.input):
                 if name:
                     self.consumers[name].append(node)
+            self.subgraph_reads |= subgraph_outer_reads(node)
 
     def is_constant(self, name: str) -> bool:
         if name in self.initializers:
@@ -75,9 +79,25 @@ class GraphIndex:
 
     def single_consumer(self, name: str) -> onnx.NodeProto | None:
         users = self.consumers.get(name, [])
-        if len(users) != 1 or name in self.graph_outputs:
+        if len(users) != 1 or name in self.graph_outputs or name in self.subgraph_reads:
             return None
         return users[0]
+
+
+def subgraph_outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read from enclosing scopes."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in subgraphs:
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                defined.update(inner.output)
+            for inner in sub.node:
+                reads.update(n for n in inner.input if n and n not in defined)
+                reads.update(n for n in subgraph_outer_reads(inner) if n not in defined)
+            reads.update(o.name for o in sub.output if o.name not in defined)
+    return reads
 
 
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -103,12 +123,15 @@ def node_attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def has_subgraphs(model: onnx.ModelProto) -> bool:
+def has_subgraph_attribute(node: onnx.NodeProto) -> bool:
     return any(
         attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        for node in model.graph.node
         for attr in node.attribute
     )
+
+
+def has_subgraphs(model: onnx.ModelProto) -> bool:
+    return any(has_subgraph_attribute(node) for node in model.graph.node)
 
 
 def to_graphsurgeon(model: onnx.ModelProto) -> gs.Graph:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxopt.infra.errors import InputError
+from onnxopt.ir.limits import check_stored_size, human_bytes, memory_budget, tensor_bytes
 from onnxopt.ir.tensors import external_info, iter_stored_tensors
 
 # Stay well under protobuf's hard 2 GiB message limit: other fields add to the tensors' bytes.
@@ -60,11 +64,13 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
 
 def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
-    """Validate every external-data reference before any byte of it is read."""
+    """Validate every stored tensor and external-data reference before any byte is read."""
     files: dict[Path, int] = {}
+    total = 0
     for tensor in iter_stored_tensors(model):
         info = external_info(tensor)
         if info is None:
+            check_stored_size(tensor)
             continue
         location = info.get("location", "")
         target = _resolve_inside(base_dir, location, tensor.name)
@@ -72,15 +78,46 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
             raise InputError(
                 f"external data file '{location}' of tensor '{tensor.name}' is missing"
             )
-        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
-        files[target] = max(files.get(target, 0), end)
+        offset, length = _external_span(info, tensor)
+        files[target] = max(files.get(target, 0), offset + length)
+        total += length
     for target, end in files.items():
         if target.stat().st_size < end:
             raise InputError(f"external data file '{target.name}' is truncated")
+    budget = memory_budget()
+    if total > budget:
+        raise InputError(
+            f"the external data declares {human_bytes(total)}, more than the "
+            f"{human_bytes(budget)} of memory available"
+        )
     return sorted(files)
 
 
+def _external_span(info: dict[str, str], tensor: onnx.TensorProto) -> tuple[int, int]:
+    """(offset, length) of a tensor's external bytes; the length must match its shape."""
+    numbers = {}
+    for key in ("offset", "length"):
+        text = info.get(key, "") or "0"
+        if not (text.isascii() and text.isdigit()):
+            raise InputError(
+                f"external data {key} '{text}' of tensor '{tensor.name}' is not a byte count"
+            )
+        numbers[key] = int(text)
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"tensor '{tensor.name}' has a negative dim: {list(tensor.dims)}")
+    needed = tensor_bytes(tensor.data_type, tensor.dims)
+    length = numbers["length"] if "length" in info else needed
+    if needed is not None and length != needed:
+        raise InputError(
+            f"external data of tensor '{tensor.name}' is {length} bytes, but its shape "
+            f"{list(tensor.dims)} needs {needed}"
+        )
+    return numbers["offset"], length or 0
+
+
 def _resolve_inside(base_dir: Path, location: str, tensor_name: str) -> Path:
+    if "\0" in location:
+        raise InputError(f"external data location of tensor '{tensor_name}' contains a NUL byte")
     if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
         raise InputError(
             f"external data location '{location}' of tensor '{tensor_name}' must be a relative path"
@@ -144,15 +181,49 @@ def save_model(
                 location=data_name,
                 size_threshold=1024,
             )
-            staged_data = Path(staging) / data_name
-            if staged_data.exists():
-                _fsync(staged_data)
-                os.replace(staged_data, data_target)
         else:
             onnx.save_model(model, str(staged_model))
-        _fsync(staged_model)
-        os.replace(staged_model, target)
+        staged_data = Path(staging) / data_name
+        for staged in (staged_data, staged_model):
+            if staged.exists():
+                _fsync(staged)
+        # A model and its data file are renamed together or not at all.
+        with signals_deferred():
+            if use_external and staged_data.exists():
+                os.replace(staged_data, data_target)
+            os.replace(staged_model, target)
     return target
+
+
+def discard_model(path: Path) -> None:
+    """Delete a model this process wrote, with the external-data files it references."""
+    model = onnx.load_model(str(path), load_external_data=False)
+    for location in {(external_info(t) or {}).get("location") for t in iter_stored_tensors(model)}:
+        if location:
+            _resolve_inside(path.parent.resolve(), location, "").unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then deliver them to the previous handlers.
+
+    Python runs signal handlers in the main thread only; elsewhere the block is not protected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def check_output_path(path: Path, protect: list[Path] | tuple[Path, ...] = ()) -> Path:

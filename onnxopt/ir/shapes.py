@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
+from onnxopt.ir.limits import check_stored_size, check_value_sizes
+from onnxopt.ir.tensors import iter_stored_tensors
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,19 @@ def infer_shapes(model: onnx.ModelProto) -> ShapeInfo:
     chosen = min(candidates, key=lambda info: len(info.unknown))
     chosen.errors = errors
     return chosen
+
+
+def check_tensor_sizes(model: onnx.ModelProto, budget: int | None = None) -> None:
+    """InputError when a stored tensor's bytes disagree with its dims, or a tensor with a static
+    shape (a graph input or output, or what ConstantOfShape/Expand/Tile make from constants)
+    cannot fit in memory. Models over 2 GB get their declared inputs and outputs checked only."""
+    for tensor in iter_stored_tensors(model):
+        check_stored_size(tensor)
+    if stored_bytes(model) > PROTOBUF_SAFE_BYTES:
+        info = _collect(model, "declared")
+    else:
+        info = infer_shapes(model)
+    check_value_sizes(info.shapes, info.dtypes, budget)
 
 
 def _run_onnx(model: onnx.ModelProto, errors: list[str]) -> ShapeInfo | None:

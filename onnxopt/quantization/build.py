@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxopt.analyses.input_moments import from_layer_matrix, layer_matrix
 from onnxopt.ir.graph import GraphIndex, Names, node_attr
 from onnxopt.ir.qdq import add_initializers, dequantize_node, quantize_node
 from onnxopt.quantization.params import (
@@ -24,7 +25,7 @@ from onnxopt.quantization.params import (
     weight_scales,
 )
 from onnxopt.quantization.plan import Plan, WeightedNode
-from onnxopt.quantization.rounding import from_layer_matrix, gptq, layer_matrix
+from onnxopt.quantization.rounding import gptq
 
 
 @dataclass

@@ -15,6 +15,7 @@ import onnx
 
 from onnxopt.analyses.activation_stats import channel_absmax, new_stats, stream_tensors
 from onnxopt.analyses.histogram import StreamingHistogram, choose_range
+from onnxopt.analyses.input_moments import LayerInput, accumulate, collect_layers
 from onnxopt.data import DataSource
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.ir.edit import remove_dead_code
@@ -37,7 +38,6 @@ from onnxopt.quantization.fallback import (
 )
 from onnxopt.quantization.params import ActivationParams, activation_params
 from onnxopt.quantization.plan import Plan, PlanConfig, make_plan
-from onnxopt.quantization.rounding import LayerInput, accumulate, collect_layers
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class QuantRun:
         self.hessians: dict[str, np.ndarray] = {}
         self.offsets: dict[str, np.ndarray] = {}
         self.rounded: dict = {}
+        self.frozen: frozenset[str] = frozenset()  # codebook weights: no GPTQ, no input rescaling
 
     def quantize(self, model: onnx.ModelProto) -> onnx.ModelProto | None:
         """The QDQ version of the prepared float `model`, or None if nothing is quantizable."""
@@ -152,7 +153,11 @@ class QuantRun:
         """Channel equalization (see `equalize`) on a copy of `model`."""
         info = infer_shapes(model)
         ranks = {name: len(shape) for name, shape in info.shapes.items() if shape is not None}
-        groups = usable(find_scale_groups(model, ranks))
+        groups = [
+            g
+            for g in usable(find_scale_groups(model, ranks))
+            if not self._rescales_frozen(model, g)
+        ]
         self.stats["equalized_groups"] = len(groups)
         if not groups:
             return model
@@ -168,10 +173,19 @@ class QuantRun:
         remove_dead_code(equalized)
         return equalized
 
+    def _rescales_frozen(self, model, group) -> bool:
+        """Whether the group scales input channels of a frozen (codebook) weight."""
+        readers = {name for name, _ in group.consumers}
+        return any(
+            node.name in readers and len(node.input) > 1 and node.input[1] in self.frozen
+            for node in model.graph.node
+        )
+
     def refine(self, model, plan: Plan, calibrator: Calibrator) -> None:
         """Calibrate; gather GPTQ's input moments and the bias corrections the options ask for."""
         gptq = self.options.rounding == "gptq"
-        layers = collect_layers(model, sorted(plan.weighted)) if gptq else []
+        rounded = [n for n, w in plan.weighted.items() if w.weight not in self.frozen]
+        layers = collect_layers(model, sorted(rounded)) if gptq else []
         self.hessians = calibrator.ensure(plan.calibration_tensors(), layers)
         if gptq:
             self.stats["gptq_layers"] = len(self.hessians)

@@ -3,145 +3,43 @@
 Rounding each weight to the nearest level ignores how the layer's inputs correlate. GPTQ rounds
 the input columns one at a time and spreads each column's rounding error over the columns not
 yet rounded, weighted by the inverse of H = E[x x^T], the second moment of the layer's input
-patches on calibration data; this minimizes E||(W - W_q) x||^2 far better than nearest rounding.
-The scales (per output channel) are fixed beforehand, so the result is an ordinary int8 weight.
-
-Depthwise convolutions have one small H (k*k x k*k) per channel; other Conv layers use im2col
-patches (C_in/group = all inputs, group 1 only), Gemm/MatMul their input rows.
+patches on calibration data (`onnxopt.analyses.input_moments`); this minimizes E||(W - W_q) x||^2
+far better than nearest rounding. The grid is given by the caller: int8 levels with fixed
+per-channel scales here, a codebook of shared values in `onnxopt.sharing`.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
-import onnx
 
-from onnxopt.analyses.activation_stats import stream_tensors
-from onnxopt.data import DataSource
-from onnxopt.ir.graph import GraphIndex, node_attr
 from onnxopt.quantization.params import INT8_WEIGHT_MAX
-
-log = logging.getLogger(__name__)
 
 DAMPING = 0.01
 
-
-@dataclass
-class LayerInput:
-    """How to turn a layer's input tensor into the patches its weight columns multiply."""
-
-    node: str
-    op_type: str
-    tensor: str
-    kernel: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    pads: tuple[int, ...] = ()
-    dilations: tuple[int, ...] = ()
-    depthwise: bool = False
-
-
-def layer_input(node: onnx.NodeProto, weight: np.ndarray) -> LayerInput | None:
-    """The patch geometry of a Conv (group 1 or depthwise, 2-D), Gemm or MatMul; else None."""
-    if node.op_type in ("Gemm", "MatMul"):
-        if node.op_type == "Gemm" and node_attr(node, "transA", 0):
-            return None
-        return LayerInput(node.name, node.op_type, node.input[0])
-    if node.op_type != "Conv" or weight.ndim != 4:
-        return None
-    group = int(node_attr(node, "group", 1))
-    depthwise = group > 1 and weight.shape[1] == 1
-    if group > 1 and not depthwise:
-        return None
-    if node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None
-    kernel = tuple(weight.shape[2:])
-    return LayerInput(
-        node.name,
-        "Conv",
-        node.input[0],
-        kernel,
-        tuple(node_attr(node, "strides", [1, 1])),
-        tuple(node_attr(node, "pads", [0, 0, 0, 0])),
-        tuple(node_attr(node, "dilations", [1, 1])),
-        depthwise,
-    )
-
-
-MAX_POSITIONS = 8192
-"""Input positions per batch that enter H: larger maps are subsampled with a fixed stride."""
-CHANNEL_CHUNK = 64
-"""Depthwise patches are built this many channels at a time (bounds their memory)."""
-
-
-def patches(x: np.ndarray, layer: LayerInput) -> np.ndarray:
-    """Conv input (N, C, H, W) -> (C, k*k, positions) float32; columns ordered as the weight's.
-    At most about MAX_POSITIONS output positions are taken (an even spatial stride)."""
-    top, left, bottom, right = layer.pads
-    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
-    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))
-    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, Ho, Wo, kh, kw
-    step = _position_step(windows.shape[0] * windows.shape[2] * windows.shape[3])
-    windows = windows[:, :, ::step, ::step]
-    c = x.shape[1]
-    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3), dtype=np.float32).reshape(
-        c, kh * kw, -1
-    )
-
-
-def _position_step(positions: int) -> int:
-    step = 1
-    while positions // (step * step) > MAX_POSITIONS:
-        step += 1
-    return step
-
-
-def accumulate(h: np.ndarray | None, x: np.ndarray, layer: LayerInput) -> np.ndarray:
-    """Add one batch's input second moments (sum of x x^T over positions) to `h` (float64)."""
-    x = np.asarray(x, dtype=np.float32)
-    if layer.op_type != "Conv":
-        rows = x.reshape(-1, x.shape[-1])
-        update = rows.T @ rows
-    elif layer.depthwise:
-        parts = []
-        for start in range(0, x.shape[1], CHANNEL_CHUNK):
-            p = patches(x[:, start : start + CHANNEL_CHUNK], layer)
-            parts.append(np.matmul(p, p.transpose(0, 2, 1)))
-        update = np.concatenate(parts)
-    elif layer.kernel == (1, 1) and layer.strides == (1, 1) and not any(layer.pads):
-        step = _position_step(x.shape[0] * x.shape[2] * x.shape[3])
-        rows = np.moveaxis(x[:, :, ::step, ::step], 1, -1).reshape(-1, x.shape[1])
-        update = rows.T @ rows
-    else:
-        p = patches(x, layer)
-        rows = p.reshape(-1, p.shape[-1])
-        update = rows @ rows.T
-    update = update.astype(np.float64)
-    return update if h is None else h + update
-
-
-def input_hessians(
-    model: onnx.ModelProto, layers: list[LayerInput], data: DataSource, max_samples: int
-) -> dict[str, np.ndarray]:
-    """Per layer (node name): the sum over calibration samples of its input patches' x x^T."""
-    tensors = sorted({layer.tensor for layer in layers})
-    hessians: dict[str, np.ndarray] = {}
-    for batch, _ in stream_tensors(model, tensors, data, max_samples=max_samples):
-        for layer in layers:
-            hessians[layer.node] = accumulate(hessians.get(layer.node), batch[layer.tensor], layer)
-    return hessians
+ColumnRounder = Callable[[np.ndarray, int], np.ndarray]
+"""(column of weights (rows,), column index) -> the column's values on the grid."""
 
 
 def gptq(weight: np.ndarray, scales: np.ndarray, h: np.ndarray, block: int = 128) -> np.ndarray:
     """Round `weight` (rows = output channels, columns = inputs; `scales` one per row or one)
-    to int8 levels column by column with GPTQ error feedback; returns the int8 codes.
+    to int8 levels with GPTQ error feedback; returns the int8 codes."""
+    s = np.broadcast_to(scales.astype(np.float64).reshape(-1), (weight.shape[0],))
+
+    def to_levels(column: np.ndarray, _: int) -> np.ndarray:
+        return np.clip(np.round(column / s), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX) * s
+
+    rounded = error_feedback(weight, h, to_levels, block)
+    return np.round(rounded / s[:, None]).astype(np.int8)
+
+
+def error_feedback(weight: np.ndarray, h: np.ndarray, to_grid: ColumnRounder, block: int = 128):
+    """Put `weight` (rows x columns) on a grid column by column, spreading each column's error
+    over the later columns (GPTQ); returns the gridded weight (float64).
     `h` is (columns, columns), or (rows, columns, columns) for per-row (depthwise) moments.
     Updates of later columns are applied lazily per block of `block` columns."""
     w = weight.astype(np.float64).copy()
-    s = np.broadcast_to(scales.astype(np.float64).reshape(-1), (w.shape[0],))
     u = _inverse_cholesky(h)
     q = np.zeros_like(w)
     columns = w.shape[1]
@@ -149,9 +47,9 @@ def gptq(weight: np.ndarray, scales: np.ndarray, h: np.ndarray, block: int = 128
         stop = min(start + block, columns)
         errors = np.zeros((w.shape[0], stop - start))
         for i in range(start, stop):
-            q[:, i] = np.clip(np.round(w[:, i] / s), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX)
+            q[:, i] = to_grid(w[:, i], i)
             pivot = u[i, i] if u.ndim == 2 else u[:, i, i]
-            err = (w[:, i] - q[:, i] * s) / pivot
+            err = (w[:, i] - q[:, i]) / pivot
             errors[:, i - start] = err
             if u.ndim == 2:
                 w[:, i + 1 : stop] -= np.outer(err, u[i, i + 1 : stop])
@@ -162,7 +60,7 @@ def gptq(weight: np.ndarray, scales: np.ndarray, h: np.ndarray, block: int = 128
                 w[:, stop:] -= errors @ u[start:stop, stop:]
             else:
                 w[:, stop:] -= np.einsum("rb,rbc->rc", errors, u[:, start:stop, stop:])
-    return q.astype(np.int8)
+    return q
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
@@ -177,33 +75,3 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
     inverse = np.linalg.inv(h)
     lower = np.linalg.cholesky(inverse)
     return np.swapaxes(lower, -1, -2)
-
-
-def layer_matrix(weight: np.ndarray, op_type: str, trans_b: bool) -> np.ndarray:
-    """The weight as (output channels, input columns) in the order of `accumulate`'s x."""
-    if op_type == "Conv":
-        return weight.reshape(weight.shape[0], -1)
-    if op_type == "Gemm" and trans_b:
-        return weight
-    return weight.T
-
-
-def from_layer_matrix(q: np.ndarray, op_type: str, trans_b: bool, shape) -> np.ndarray:
-    if op_type == "Conv":
-        return q.reshape(shape)
-    if op_type == "Gemm" and trans_b:
-        return q
-    return np.ascontiguousarray(q.T)
-
-
-def collect_layers(model: onnx.ModelProto, names: list[str]) -> list[LayerInput]:
-    index = GraphIndex(model.graph)
-    wanted = set(names)
-    layers = []
-    for node in model.graph.node:
-        if node.name in wanted:
-            weight = index.constant(node.input[1])
-            layer = None if weight is None else layer_input(node, weight)
-            if layer is not None:
-                layers.append(layer)
-    return layers

@@ -118,3 +118,35 @@ def make_tiny_transformer_onnx(
         output_names=["logits"],
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
     )
+
+
+class TiedLanguageModel(nn.Module):
+    """Token ids -> logits with the two kinds of sharing exporters write out again: one block
+    applied twice (ALBERT-style), and an output head tied to the embedding table."""
+
+    def __init__(self, vocab: int = 500, width: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.block = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(ids)
+        for _ in range(2):
+            hidden = torch.relu(self.block(hidden))
+        return self.head(hidden)
+
+
+def make_tied_lm_onnx(path: str | Path, seed: int = 0) -> Path:
+    """Export a ``TiedLanguageModel`` (input "ids" int64 Nx8, output "logits" Nx8x500)."""
+    with seeded(seed):
+        model = TiedLanguageModel()
+    return export_onnx(
+        model,
+        (torch.zeros(1, 8, dtype=torch.long),),
+        path,
+        input_names=["ids"],
+        output_names=["logits"],
+        dynamic_axes={"ids": {0: "batch"}, "logits": {0: "batch"}},
+    )

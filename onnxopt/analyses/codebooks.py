@@ -1,0 +1,105 @@
+"""Find codebook decoders: a constant table gathered by indices computed from constants only.
+
+Also the views of a shared constant (see `compressed_tensors`).
+
+This is the form `share` writes (see `onnxopt.sharing.codebook`), recognized by structure, not
+by name: Gather(table, f(constants)) or GatherElements(table, f(constants)), optionally followed
+by a Reshape to the weight's shape. Constant folding must leave these alone (folding would undo
+the compression), and `quant` needs the decoded values and the indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxopt.ir.graph import GraphIndex, has_subgraph_attribute, is_onnx_domain, node_attr
+
+MAX_DECODER_NODES = 64
+
+
+@dataclass
+class Decoder:
+    output: str  # the decoded weight
+    nodes: list[onnx.NodeProto]  # every node of the decoder, in graph order
+    table: str  # the codebook constant
+    indices: str  # the gather's index tensor
+    op_type: str  # Gather or GatherElements
+    gather_axis: int
+
+
+def find_decoders(graph: onnx.GraphProto) -> dict[str, Decoder]:
+    """Decoders of `graph` by decoded tensor name."""
+    index = GraphIndex(graph)
+    order = {id(node): i for i, node in enumerate(graph.node)}
+    decoders: dict[str, Decoder] = {}
+    for node in graph.node:
+        if node.op_type not in ("Gather", "GatherElements") or not is_onnx_domain(node):
+            continue
+        table = index.constant(node.input[0])
+        if table is None or (table.dtype.kind != "f" and table.dtype != np.int8):
+            continue
+        if index.is_constant(node.input[1]):
+            continue
+        closure = _constant_closure(index, node.input[1])
+        if closure is None:
+            continue
+        members = [*closure, node]
+        output = node.output[0]
+        reshape = index.single_consumer(output)
+        if (
+            reshape is not None
+            and reshape.op_type == "Reshape"
+            and index.is_constant(reshape.input[1])
+        ):
+            members.append(reshape)
+            output = reshape.output[0]
+        members.sort(key=lambda n: order[id(n)])
+        axis = int(node_attr(node, "axis", 0))
+        decoders[output] = Decoder(
+            output, members, node.input[0], node.input[1], node.op_type, axis
+        )
+    return decoders
+
+
+VIEW_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+MIN_VIEW_ELEMENTS = 1024
+
+
+def compressed_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Tensors that folding would store again: what decoders compute, and views (a Transpose
+    left by deduplication) of a large constant that other nodes read too."""
+    kept = {name for d in find_decoders(graph).values() for n in d.nodes for name in n.output}
+    index = GraphIndex(graph)
+    for node in graph.node:
+        if node.op_type not in VIEW_OPS or not is_onnx_domain(node) or not node.input:
+            continue
+        source = node.input[0]
+        value = index.constant(source)
+        if value is None or value.size < MIN_VIEW_ELEMENTS:
+            continue
+        if len(index.consumers.get(source, [])) > 1 or source in index.graph_outputs:
+            kept.update(node.output)
+    return kept
+
+
+def _constant_closure(index: GraphIndex, tensor: str) -> list[onnx.NodeProto] | None:
+    """The nodes computing `tensor` from constants alone, or None if an input reaches in."""
+    seen: dict[int, onnx.NodeProto] = {}
+    pending = [tensor]
+    while pending:
+        name = pending.pop()
+        if index.is_constant(name):
+            continue
+        node = index.producer.get(name)
+        if node is None or not is_onnx_domain(node) or has_subgraph_attribute(node):
+            return None
+        if id(node) in seen:
+            continue
+        seen[id(node)] = node
+        if len(seen) > MAX_DECODER_NODES:
+            return None
+        pending.extend(x for x in node.input if x)
+    return list(seen.values())

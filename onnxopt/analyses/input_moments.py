@@ -1,0 +1,155 @@
+"""Second moments of each weighted layer's input patches on calibration data.
+
+For a layer y = W x, the output error of a weight perturbation D is E||D x||^2 = tr(D H D^T)
+with H = E[x x^T] over the layer's input patches: GPTQ rounding and data-aware weight sharing
+both minimize it. Depthwise convolutions have one small H (k*k x k*k) per channel; other Conv
+layers use im2col patches (group 1 only), Gemm/MatMul their input rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxopt.analyses.activation_stats import stream_tensors
+from onnxopt.data import DataSource
+from onnxopt.ir.graph import GraphIndex, node_attr
+
+
+@dataclass
+class LayerInput:
+    """How to turn a layer's input tensor into the patches its weight columns multiply."""
+
+    node: str
+    op_type: str
+    tensor: str
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    depthwise: bool = False
+
+
+def layer_input(node: onnx.NodeProto, weight: np.ndarray) -> LayerInput | None:
+    """The patch geometry of a Conv (group 1 or depthwise, 2-D), Gemm or MatMul; else None."""
+    if node.op_type in ("Gemm", "MatMul"):
+        if node.op_type == "Gemm" and node_attr(node, "transA", 0):
+            return None
+        return LayerInput(node.name, node.op_type, node.input[0])
+    if node.op_type != "Conv" or weight.ndim != 4:
+        return None
+    group = int(node_attr(node, "group", 1))
+    depthwise = group > 1 and weight.shape[1] == 1
+    if group > 1 and not depthwise:
+        return None
+    if node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    kernel = tuple(weight.shape[2:])
+    return LayerInput(
+        node.name,
+        "Conv",
+        node.input[0],
+        kernel,
+        tuple(node_attr(node, "strides", [1, 1])),
+        tuple(node_attr(node, "pads", [0, 0, 0, 0])),
+        tuple(node_attr(node, "dilations", [1, 1])),
+        depthwise,
+    )
+
+
+MAX_POSITIONS = 8192
+"""Input positions per batch that enter H: larger maps are subsampled with a fixed stride."""
+CHANNEL_CHUNK = 64
+"""Depthwise patches are built this many channels at a time (bounds their memory)."""
+
+
+def patches(x: np.ndarray, layer: LayerInput) -> np.ndarray:
+    """Conv input (N, C, H, W) -> (C, k*k, positions) float32; columns ordered as the weight's.
+    At most about MAX_POSITIONS output positions are taken (an even spatial stride)."""
+    top, left, bottom, right = layer.pads
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, Ho, Wo, kh, kw
+    step = _position_step(windows.shape[0] * windows.shape[2] * windows.shape[3])
+    windows = windows[:, :, ::step, ::step]
+    c = x.shape[1]
+    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3), dtype=np.float32).reshape(
+        c, kh * kw, -1
+    )
+
+
+def _position_step(positions: int) -> int:
+    step = 1
+    while positions // (step * step) > MAX_POSITIONS:
+        step += 1
+    return step
+
+
+def accumulate(h: np.ndarray | None, x: np.ndarray, layer: LayerInput) -> np.ndarray:
+    """Add one batch's input second moments (sum of x x^T over positions) to `h` (float64)."""
+    x = np.asarray(x, dtype=np.float32)
+    if layer.op_type != "Conv":
+        rows = x.reshape(-1, x.shape[-1])
+        update = rows.T @ rows
+    elif layer.depthwise:
+        parts = []
+        for start in range(0, x.shape[1], CHANNEL_CHUNK):
+            p = patches(x[:, start : start + CHANNEL_CHUNK], layer)
+            parts.append(np.matmul(p, p.transpose(0, 2, 1)))
+        update = np.concatenate(parts)
+    elif layer.kernel == (1, 1) and layer.strides == (1, 1) and not any(layer.pads):
+        step = _position_step(x.shape[0] * x.shape[2] * x.shape[3])
+        rows = np.moveaxis(x[:, :, ::step, ::step], 1, -1).reshape(-1, x.shape[1])
+        update = rows.T @ rows
+    else:
+        p = patches(x, layer)
+        rows = p.reshape(-1, p.shape[-1])
+        update = rows @ rows.T
+    update = update.astype(np.float64)
+    return update if h is None else h + update
+
+
+def input_hessians(
+    model: onnx.ModelProto, layers: list[LayerInput], data: DataSource, max_samples: int
+) -> dict[str, np.ndarray]:
+    """Per layer (node name): the sum over calibration samples of its input patches' x x^T."""
+    tensors = sorted({layer.tensor for layer in layers})
+    hessians: dict[str, np.ndarray] = {}
+    for batch, _ in stream_tensors(model, tensors, data, max_samples=max_samples):
+        for layer in layers:
+            hessians[layer.node] = accumulate(hessians.get(layer.node), batch[layer.tensor], layer)
+    return hessians
+
+
+def layer_matrix(weight: np.ndarray, op_type: str, trans_b: bool) -> np.ndarray:
+    """The weight as (output channels, input columns) in the order of `accumulate`'s x."""
+    if op_type == "Conv":
+        return weight.reshape(weight.shape[0], -1)
+    if op_type == "Gemm" and trans_b:
+        return weight
+    return weight.T
+
+
+def from_layer_matrix(q: np.ndarray, op_type: str, trans_b: bool, shape) -> np.ndarray:
+    if op_type == "Conv":
+        return q.reshape(shape)
+    if op_type == "Gemm" and trans_b:
+        return q
+    return np.ascontiguousarray(q.T)
+
+
+def collect_layers(model: onnx.ModelProto, names: list[str]) -> list[LayerInput]:
+    index = GraphIndex(model.graph)
+    wanted = set(names)
+    layers = []
+    for node in model.graph.node:
+        if node.name in wanted:
+            weight = index.constant(node.input[1])
+            layer = None if weight is None else layer_input(node, weight)
+            if layer is not None:
+                layers.append(layer)
+    return layers
