@@ -55,8 +55,10 @@ class ShareOptions:
     target_ratio: float | None = option(
         None, "make the file this many times smaller; bits chosen per weight", low=1.0
     )
-    granularity: Literal["auto", "tensor", "channel"] = option(
-        "auto", "one codebook per tensor, per output channel, or whichever pays (auto)"
+    granularity: Literal["auto", "tensor", "channel", "scaled"] = option(
+        "auto",
+        "one codebook per tensor, per output channel, one of channel-normalized values times "
+        "a scale per channel (scaled), or whichever pays (auto)",
     )
     data_aware: bool = option(
         True, "fit codebooks to each layer's output on the calibration data, when given"

@@ -4,8 +4,9 @@ Also the views of a shared constant (see `compressed_tensors`).
 
 This is the form `share` writes (see `onnxopt.sharing.codebook`), recognized by structure, not
 by name: Gather(table, f(constants)) or GatherElements(table, f(constants)), optionally followed
-by a Reshape to the weight's shape. Constant folding must leave these alone (folding would undo
-the compression), and `quant` needs the decoded values and the indices.
+by a Mul by constant scales and a Reshape to the weight's shape. Constant folding must leave
+these alone (folding would undo the compression), and `quant` needs the decoded values and the
+indices.
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ def find_decoders(graph: onnx.GraphProto) -> dict[str, Decoder]:
             continue
         members = [*closure, node]
         output = node.output[0]
-        reshape = index.single_consumer(output)
-        if (
-            reshape is not None
-            and reshape.op_type == "Reshape"
-            and index.is_constant(reshape.input[1])
-        ):
-            members.append(reshape)
-            output = reshape.output[0]
+        for op_type in ("Mul", "Reshape"):  # per-channel scales, then the weight's shape
+            after = index.single_consumer(output)
+            if after is None or after.op_type != op_type or not is_onnx_domain(after):
+                continue
+            other = [x for x in after.input if x != output]
+            if len(other) == 1 and index.is_constant(other[0]):
+                members.append(after)
+                output = after.output[0]
         members.sort(key=lambda n: order[id(n)])
         axis = int(node_attr(node, "axis", 0))
         decoders[output] = Decoder(

@@ -113,16 +113,38 @@ def accumulate(h: np.ndarray | None, x: np.ndarray, layer: LayerInput) -> np.nda
     return update if h is None else h + update
 
 
+@dataclass
+class Moments:
+    h: np.ndarray  # sum of x x^T over the rows seen
+    rows: int  # input rows (patches) that entered h
+
+
 def input_hessians(
     model: onnx.ModelProto, layers: list[LayerInput], data: DataSource, max_samples: int
-) -> dict[str, np.ndarray]:
+) -> dict[str, Moments]:
     """Per layer (node name): the sum over calibration samples of its input patches' x x^T."""
     tensors = sorted({layer.tensor for layer in layers})
-    hessians: dict[str, np.ndarray] = {}
+    moments: dict[str, Moments] = {}
     for batch, _ in stream_tensors(model, tensors, data, max_samples=max_samples):
         for layer in layers:
-            hessians[layer.node] = accumulate(hessians.get(layer.node), batch[layer.tensor], layer)
-    return hessians
+            x = batch[layer.tensor]
+            seen = moments.get(layer.node)
+            h = accumulate(None if seen is None else seen.h, x, layer)
+            rows = (0 if seen is None else seen.rows) + patch_rows(x.shape, layer)
+            moments[layer.node] = Moments(h, rows)
+    return moments
+
+
+def patch_rows(shape: tuple[int, ...], layer: LayerInput) -> int:
+    """How many input rows (patches) `accumulate` takes from a batch of this shape."""
+    if layer.op_type != "Conv":
+        return int(np.prod(shape[:-1]))
+    top, left, bottom, right = layer.pads or (0, 0, 0, 0)
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+    height = (shape[2] + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    width = (shape[3] + left + right - dw * (kw - 1) - 1) // sw + 1
+    step = _position_step(shape[0] * height * width)
+    return shape[0] * -(-height // step) * -(-width // step)
 
 
 def layer_matrix(weight: np.ndarray, op_type: str, trans_b: bool) -> np.ndarray:

@@ -178,6 +178,20 @@ class Names:
         return name
 
 
+def replace_constant(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    """Give constant `name` (an initializer or a Constant node's output) a new value."""
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            tensor.CopyFrom(make_tensor(name, value))
+            return
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", make_tensor(name, value)))
+            return
+    raise KeyError(f"no constant named '{name}'")
+
+
 def set_attribute(node: onnx.NodeProto, name: str, value) -> None:
     """Set (or replace) one attribute of a node."""
     for i, attr in enumerate(node.attribute):

@@ -174,10 +174,11 @@ class QuantRun:
         return equalized
 
     def _rescales_frozen(self, model, group) -> bool:
-        """Whether the group scales input channels of a frozen (codebook) weight."""
-        readers = {name for name, _ in group.consumers}
+        """Whether the group rescales a frozen (codebook) weight: renamed or rescaled along its
+        inputs, its codes would no longer match the codebook."""
+        touched = {name for name, _ in (*group.producers, *group.consumers)}
         return any(
-            node.name in readers and len(node.input) > 1 and node.input[1] in self.frozen
+            node.name in touched and len(node.input) > 1 and node.input[1] in self.frozen
             for node in model.graph.node
         )
 

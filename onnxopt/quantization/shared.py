@@ -71,7 +71,10 @@ def restore(model: onnx.ModelProto, shared: list[SharedWeight]) -> list[str]:
     for weight in shared:
         for reader, slot in weight.readers:
             stored, axis = _stored_form(index, nodes.get(reader), slot)
-            if stored is None or stored in done:
+            if stored is None:
+                reasons.append(f"codebook '{weight.tensor}': '{reader}' no longer reads a constant")
+                continue
+            if stored in done:
                 continue
             done.add(stored)
             values = onnx.numpy_helper.to_array(index.initializers[stored])

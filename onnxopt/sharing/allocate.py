@@ -18,6 +18,7 @@ from dataclasses import dataclass
 class Candidate:
     bits: int | None  # None: the weight is kept as it is
     axis: int | None
+    scaled: bool
     nbytes: int
     error: float
 

@@ -5,9 +5,10 @@ GatherElements) on constant inputs, so any ONNX runtime runs it and ONNX Runtime
 a plain initializer when the session loads: inference speed and memory match the unshared model
 while the file holds the compressed form.
 
-Layouts: one codebook for the whole tensor (Gather), or one per channel along axis 0 (weights
+Layouts: one codebook for the whole tensor (Gather); one per channel along axis 0 (weights
 viewed as (C, rest), GatherElements on axis 1) or along the last axis (viewed as (rest, C),
-GatherElements on axis 0).
+GatherElements on axis 0); or one book of normalized values times a per-channel scale
+(Gather, then Mul).
 """
 
 from __future__ import annotations
@@ -29,16 +30,27 @@ MIN_OPSET = 11
 
 @dataclass
 class Codebook:
-    """`centroids[channel, labels]` reproduces the weight; channel is 0 for a per-tensor book."""
+    """`centroids[channel, labels]` reproduces the weight; channel is 0 for a per-tensor book.
+    With `scales`, one book (1, k) of channel-normalized values serves every channel along
+    `axis`, each multiplied by its own scale (channels whose ranges differ by orders of
+    magnitude, as in depthwise convolutions, then keep their relative precision)."""
 
     shape: tuple[int, ...]
-    centroids: np.ndarray  # (channels, k), in the weight's dtype
+    centroids: np.ndarray  # (channels, k), or (1, k) with scales
     labels: np.ndarray  # integer, (channels, per_channel) in the channel layout
     bits: int
     axis: int | None  # None: one codebook for the tensor
+    scales: np.ndarray | None = None  # (channels,) along axis
+
+    def row_books(self) -> np.ndarray:
+        """Effective centroids per channel, (channels, k)."""
+        if self.scales is None:
+            return self.centroids
+        return self.scales[:, None] * self.centroids
 
     def decoded(self) -> np.ndarray:
-        rows = np.take_along_axis(self.centroids, self.labels.astype(np.int64), axis=1)
+        books = np.broadcast_to(self.row_books(), (self.labels.shape[0], self.centroids.shape[1]))
+        rows = np.take_along_axis(books, self.labels.astype(np.int64), axis=1)
         if self.axis is None or self.axis == 0:
             return rows.reshape(self.shape)
         return np.ascontiguousarray(rows.T).reshape(self.shape)
@@ -48,6 +60,7 @@ class Codebook:
         return (
             packed_bytes(self.labels.size, self.bits)
             + self.centroids.nbytes
+            + (0 if self.scales is None else self.scales.nbytes)
             + DECODE_OVERHEAD_BYTES
         )
 
@@ -77,6 +90,16 @@ def emit_decoder(
         table = emitter.constant("codebook", centroids.reshape(-1))
         shaped = emitter.node("Reshape", [labels, emitter.shape(book.shape)])
         emitter.node("Gather", [table, shaped], output=output, axis=0)
+        return emitter.nodes
+    if book.scales is not None:
+        grid = book.labels.shape if book.axis == 0 else book.labels.shape[::-1]
+        table = emitter.constant("codebook", centroids.reshape(-1))
+        shaped = emitter.node("Reshape", [labels, emitter.shape(grid)])
+        normalized = emitter.node("Gather", [table, shaped], axis=0)
+        scale_shape = (-1, 1) if book.axis == 0 else (1, -1)
+        scales = emitter.constant("scale", book.scales.astype(dtype).reshape(scale_shape))
+        rows = emitter.node("Mul", [normalized, scales])
+        emitter.node("Reshape", [rows, emitter.shape(book.shape)], output=output)
         return emitter.nodes
     if book.axis == 0:
         table = emitter.constant("codebook", centroids)

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxopt.analyses.input_moments import from_layer_matrix, layer_matrix
+from onnxopt.analyses.input_moments import Moments, from_layer_matrix, layer_matrix
 from onnxopt.analyses.weights import Weight
 from onnxopt.quantization.rounding import error_feedback
 from onnxopt.sharing.codebook import Codebook, channel_view
 from onnxopt.sharing.kmeans import kmeans_rows, nearest
 
 REFINE_ROUNDS = 2
+MAX_SHRINK = 10.0
 CG_ITERATIONS = 12
 
 
@@ -38,10 +39,10 @@ class Fitted:
 class LayerModel:
     """A weight as its layer sees it: rows = output channels, columns = inputs, with H."""
 
-    def __init__(self, weight: Weight, hessian: np.ndarray) -> None:
+    def __init__(self, weight: Weight, moments: Moments) -> None:
         self.weight = weight
         self.op_type = weight.layer.op_type
-        self.hessian = hessian
+        self.hessian = shrunk(moments)
         self.matrix = layer_matrix(weight.value.astype(np.float64), self.op_type, weight.trans_b)
         self.energy = max(self.quadratic(self.matrix), 1e-30)
 
@@ -66,6 +67,18 @@ class LayerModel:
         return self.from_layer(np.maximum(rows, 0.0))
 
 
+def shrunk(moments: Moments) -> np.ndarray:
+    """H with its off-diagonal part trusted in proportion to the rows behind it: from fewer
+    rows than inputs (a classifier seeing one pooled vector per image), a raw H has a null space
+    that error feedback would happily push all the error into, and held-out inputs do not
+    share it."""
+    h = moments.h
+    inputs = h.shape[-1]
+    weight = min(inputs / max(moments.rows, 1), MAX_SHRINK)
+    diagonal = np.diagonal(h, axis1=-2, axis2=-1)
+    return h + weight * (diagonal[..., None] * np.eye(inputs))
+
+
 def fit(
     weight: Weight,
     bits: int,
@@ -73,12 +86,24 @@ def fit(
     layer: LayerModel | None,
     iterations: int,
     refine: bool = True,
+    scaled: bool = False,
 ) -> Fitted:
-    """The codebook of `weight` with 2**bits values per tensor (`axis` None) or per channel."""
+    """The codebook of `weight` with 2**bits values per tensor (`axis` None), per channel, or
+    (`scaled`) one book of channel-normalized values with a scale per channel along `axis`."""
     value = weight.value.astype(np.float64)
     importance = None if layer is None else channel_view(layer.importance(), axis)
-    centroids, labels = kmeans_rows(channel_view(value, axis), importance, 1 << bits, iterations)
-    book = Codebook(value.shape, centroids, labels, bits, axis)
+    rows = channel_view(value, axis)
+    scales = None
+    if scaled:
+        scales = np.abs(rows).max(axis=1)
+        scales[scales == 0] = 1.0
+        weights = np.ones_like(rows) if importance is None else importance
+        importance = (weights * scales[:, None] ** 2).reshape(1, -1)
+        rows = (rows / scales[:, None]).reshape(1, -1)
+    centroids, labels = kmeans_rows(rows, importance, 1 << bits, iterations)
+    if scaled:
+        labels = labels.reshape(-1, rows.size // len(scales))
+    book = Codebook(value.shape, centroids, labels, bits, axis, scales)
     if layer is not None and refine:
         for _ in range(REFINE_ROUNDS):
             book = _assign_with_feedback(book, layer)
@@ -98,7 +123,7 @@ def _measure(weight: Weight, book: Codebook, layer: LayerModel | None) -> Fitted
 
 def _row_books(book: Codebook, rows: int) -> np.ndarray:
     """Centroids per layer row (a per-tensor book serves every row)."""
-    return np.broadcast_to(book.centroids, (rows, book.centroids.shape[1]))
+    return np.broadcast_to(book.row_books(), (rows, book.centroids.shape[1]))
 
 
 def _assign_with_feedback(book: Codebook, layer: LayerModel) -> Codebook:
@@ -113,7 +138,7 @@ def _assign_with_feedback(book: Codebook, layer: LayerModel) -> Codebook:
 
     error_feedback(layer.matrix, layer.hessian, to_codebook)
     labels = channel_view(layer.from_layer(chosen), book.axis)
-    return Codebook(book.shape, book.centroids, labels, book.bits, book.axis)
+    return Codebook(book.shape, book.centroids, labels, book.bits, book.axis, book.scales)
 
 
 def _refit_centroids(book: Codebook, layer: LayerModel) -> Codebook:
@@ -121,14 +146,17 @@ def _refit_centroids(book: Codebook, layer: LayerModel) -> Codebook:
     k = book.centroids.shape[1]
     rows = layer.matrix.shape[0]
     labels = layer.to_layer(_labels_in_weight_shape(book))
-    slot = labels + (np.arange(rows)[:, None] * k if book.axis is not None else 0)
+    per_row = book.axis is not None and book.scales is None
+    slot = labels + (np.arange(rows)[:, None] * k if per_row else 0)
+    factor = np.ones((rows, 1)) if book.scales is None else book.scales[:, None]
     size = book.centroids.size
 
     def expand(centroids: np.ndarray) -> np.ndarray:
-        return centroids.reshape(-1)[slot]
+        return centroids.reshape(-1)[slot] * factor
 
     def collect(matrix: np.ndarray) -> np.ndarray:
-        return np.bincount(slot.reshape(-1), weights=matrix.reshape(-1), minlength=size)
+        weighted = (matrix * factor).reshape(-1)
+        return np.bincount(slot.reshape(-1), weights=weighted, minlength=size)
 
     def normal(c: np.ndarray) -> np.ndarray:
         return collect(layer.times_h(expand(c)))
@@ -152,7 +180,14 @@ def _refit_centroids(book: Codebook, layer: LayerModel) -> Codebook:
         direction = residual + (new_norm / norm) * direction
         norm = new_norm
     refit = _sorted(
-        Codebook(book.shape, x.reshape(book.centroids.shape), book.labels, book.bits, book.axis)
+        Codebook(
+            book.shape,
+            x.reshape(book.centroids.shape),
+            book.labels,
+            book.bits,
+            book.axis,
+            book.scales,
+        )
     )
     before = layer.quadratic(layer.to_layer(book.decoded()) - layer.matrix)
     after = layer.quadratic(layer.to_layer(refit.decoded()) - layer.matrix)
@@ -164,9 +199,10 @@ def _sorted(book: Codebook) -> Codebook:
     order = np.argsort(book.centroids, axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), 1)
-    labels = np.take_along_axis(rank, book.labels.astype(np.int64), axis=1)
+    labels = book.labels.astype(np.int64)
+    labels = rank[0][labels] if len(rank) == 1 else np.take_along_axis(rank, labels, axis=1)
     centroids = np.take_along_axis(book.centroids, order, axis=1)
-    return Codebook(book.shape, centroids, labels, book.bits, book.axis)
+    return Codebook(book.shape, centroids, labels, book.bits, book.axis, book.scales)
 
 
 def _labels_in_weight_shape(book: Codebook) -> np.ndarray:

@@ -12,8 +12,9 @@ from onnxopt.analyses.input_moments import input_hessians
 from onnxopt.analyses.weights import Weight, find_weights
 from onnxopt.data import DataSource
 from onnxopt.ir.edit import remove_dead_code
-from onnxopt.ir.graph import GraphIndex, Names
+from onnxopt.ir.graph import GraphIndex, Names, replace_constant
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
+from onnxopt.quantization.fallback import Evaluator
 from onnxopt.sharing.allocate import Candidate, allocate
 from onnxopt.sharing.codebook import Codebook, emit_decoder, supported_axis
 from onnxopt.sharing.fit import Fitted, LayerModel, fit
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 HESSIAN_SAMPLES = 128
 ALLOCATION_BITS = range(2, 9)
 BUDGET_ROUNDS = 4
+PROBE_BITS = 3
+METADATA_ALLOWANCE = 2048
+"""Bytes left for the pipeline and report metadata the pass manager adds to the file."""
+SENSITIVITY_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,16 @@ class ShareRun:
             candidate = chosen[weight.tensor]
             if candidate.bits is None:
                 continue
-            key = (weight.tensor, candidate.bits, candidate.axis)
+            key = (weight.tensor, candidate.bits, candidate.axis, candidate.scaled)
             if key not in fits:
                 layer = layers.get(weight.tensor)
                 fits[key] = fit(
-                    weight, candidate.bits, candidate.axis, layer, self.settings.iterations
+                    weight,
+                    candidate.bits,
+                    candidate.axis,
+                    layer,
+                    self.settings.iterations,
+                    scaled=candidate.scaled,
                 )
             if fits[key].book.stored_bytes < weight.value.nbytes:
                 encoded.append(Encoded(weight, fits[key]))
@@ -94,25 +104,29 @@ class ShareRun:
             if w.layer.node in hessians
         }
 
-    def _axes(self, weight: Weight) -> list[int | None]:
+    def _layouts(self, weight: Weight) -> list[tuple[int | None, bool]]:
+        """(axis, scaled) codebook layouts allowed for `weight`."""
         axis = weight.axis
         channel_ok = axis is not None and supported_axis(weight.value.shape, axis)
         channel_ok = channel_ok and weight.value.shape[axis] > 1
         if self.settings.granularity == "tensor" or not channel_ok:
-            return [None]
+            return [(None, False)]
         if self.settings.granularity == "channel":
-            return [axis]
-        return [None, axis]
+            return [(axis, False)]
+        if self.settings.granularity == "scaled":
+            return [(axis, True)]
+        return [(None, False), (axis, True), (axis, False)]
 
-    def _candidate(self, weight: Weight, bits: int, axis, layer) -> Candidate:
-        fitted = fit(weight, bits, axis, layer, self.settings.iterations, refine=False)
+    def _candidate(self, weight: Weight, bits: int, layout, layer) -> Candidate:
+        axis, scaled = layout
+        fitted = fit(weight, bits, axis, layer, self.settings.iterations, False, scaled)
         error = fitted.output_error if fitted.output_error is not None else fitted.weight_error
-        return Candidate(bits, axis, fitted.book.stored_bytes, error)
+        return Candidate(bits, axis, scaled, fitted.book.stored_bytes, error)
 
     def _fixed_bits(self, weight: Weight, layer) -> Candidate:
         """Per channel only where its extra centroids cost less than one more bit per value."""
         bits = self.settings.bits
-        options = [self._candidate(weight, bits, axis, layer) for axis in self._axes(weight)]
+        options = [self._candidate(weight, bits, lay, layer) for lay in self._layouts(weight)]
         tensor = options[0]
         one_more_bit = weight.value.size // 8
         best = tensor
@@ -127,16 +141,17 @@ class ShareRun:
         options: dict[str, list[Candidate]] = {}
         for weight in weights:
             layer = layers.get(weight.tensor)
-            options[weight.tensor] = [Candidate(None, None, weight.value.nbytes, 0.0)] + [
-                self._candidate(weight, bits, axis, layer)
+            options[weight.tensor] = [Candidate(None, None, False, weight.value.nbytes, 0.0)] + [
+                self._candidate(weight, bits, layout, layer)
                 for bits in ALLOCATION_BITS
-                for axis in self._axes(weight)
+                for layout in self._layouts(weight)
             ]
+        sensitivity = self._sensitivities(model, weights, layers, options)
         file_bytes = model_bytes(model)
-        target = int(file_bytes / self.settings.target_ratio)
+        target = int(file_bytes / self.settings.target_ratio) - METADATA_ALLOWANCE
         budget = target - (file_bytes - sum(w.value.nbytes for w in weights))
         for _ in range(BUDGET_ROUNDS):
-            chosen, _fits = allocate(options, {}, budget)
+            chosen, _fits = allocate(options, sensitivity, budget)
             encoded = self._fit_chosen(weights, chosen, layers, fits)
             size = encoded_size(model, encoded)
             if size <= target:
@@ -149,6 +164,37 @@ class ShareRun:
                 f"{file_bytes / size:.2f}x with every weight at its smallest encoding"
             )
         return encoded
+
+    def _sensitivities(self, model, weights, layers, options) -> dict[str, float]:
+        """How much each layer's error hurts the model's output: the output's cosine loss with
+        only that weight at the probe encoding, per unit of its layer error (needs data)."""
+        if self.data is None or not self.settings.data_aware:
+            return {}
+        evaluator = Evaluator(model, self.data, SENSITIVITY_SAMPLES)
+        sensitivity = {}
+        for weight in weights:
+            probe = next(
+                c for c in options[weight.tensor] if c.bits == PROBE_BITS and c.axis is None
+            )
+            if probe.error <= 0:
+                continue
+            fitted = fit(
+                weight,
+                PROBE_BITS,
+                None,
+                layers.get(weight.tensor),
+                self.settings.iterations,
+                refine=False,
+            )
+            trial = onnx.ModelProto()
+            trial.CopyFrom(model)
+            replace_constant(
+                trial.graph, weight.tensor, fitted.book.decoded().astype(weight.value.dtype)
+            )
+            loss = max(1.0 - evaluator.score(trial).cosine, 0.0)
+            sensitivity[weight.tensor] = loss / probe.error
+        self.stats["sensitivity"] = {k: float(f"{v:.4g}") for k, v in sensitivity.items()}
+        return sensitivity
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
@@ -189,7 +235,7 @@ def tensor_report(item: Encoded) -> dict:
         "tensor": item.weight.tensor,
         "shape": list(item.weight.value.shape),
         "bits": book.bits,
-        "codebooks": "tensor" if book.axis is None else f"channel(axis={book.axis})",
+        "codebooks": _layout_name(book),
         "centroids": int(book.centroids.size),
         "weight_error": round(item.fitted.weight_error, 6),
         "output_error": None
@@ -198,3 +244,9 @@ def tensor_report(item: Encoded) -> dict:
         "bytes_before": int(item.weight.value.nbytes),
         "bytes_after": int(book.stored_bytes),
     }
+
+
+def _layout_name(book: Codebook) -> str:
+    if book.axis is None:
+        return "tensor"
+    return f"{'scaled' if book.scales is not None else 'channel'}(axis={book.axis})"
