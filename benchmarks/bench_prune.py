@@ -32,6 +32,7 @@ from onnxopt.passes.prune import PruneOptions, PrunePass
 
 from benchmarks.imagenet_data import photo_crops
 from benchmarks.mobilenet_v2 import export_mobilenet_v2
+from benchmarks.results_file import write_section as write_results_section
 from onnxopt.analyses.macs import count_macs
 from onnxopt.analyses.stats import parameter_count
 from onnxopt.bench import BenchSettings, benchmark_models
@@ -45,7 +46,6 @@ from onnxopt.runtime import make_session
 
 OUT = Path("benchmarks/out/prune")
 PLOT = Path("benchmarks/prune_quality_vs_macs.png")
-RESULTS = Path("benchmarks/RESULTS.md")
 BEGIN, END = "<!-- bench_prune:begin -->", "<!-- bench_prune:end -->"
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 QUANT_RATIOS = (0.1, 0.2, 0.3)
@@ -234,14 +234,7 @@ def plot(results: dict[str, list[Row]], path: Path) -> None:
 
 
 def write_section(text: str) -> None:
-    section = f"{BEGIN}\n{text}\n{END}"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + section + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
+    write_results_section(BEGIN, END, text)
 
 
 def main() -> None:

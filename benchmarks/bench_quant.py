@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from benchmarks.results_file import write_section as write_results_section
 from onnxopt.analyses.int8_coverage import int8_coverage
 from onnxopt.bench import BenchSettings, benchmark_models
 from onnxopt.runtime import make_session, session_options
@@ -372,14 +373,7 @@ def merged_sections(new: dict[str, str]) -> str:
 
 
 def write_section(text: str) -> None:
-    section = f"{BEGIN}\n{text}\n{END}"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + section + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
+    write_results_section(BEGIN, END, text)
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_file import write_section as write_results_section
 from onnxopt import api
 from onnxopt.bench import BenchSettings, benchmark_models
 from onnxopt.runtime import make_session, session_options
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 BEGIN, END = "<!-- bench_share:begin -->", "<!-- bench_share:end -->"
 
 NO_ROLLBACK = "min_cosine=0"
@@ -148,14 +148,7 @@ def table(rows: list[Row], base_size: int, base_gzip: int, val_n: int, calib_n: 
 
 
 def write_section(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    block = f"{BEGIN}\n## share: weight sharing\n\n{text}\n{END}"
-    if BEGIN in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(current)
+    write_results_section(BEGIN, END, f"## share: weight sharing\n\n{text}")
     print(text)
 
 
