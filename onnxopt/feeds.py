@@ -47,9 +47,10 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         kind = value.type.WhichOneof("value")
         if kind != "tensor_type":
             what = kind.removesuffix("_type").replace("_", " ") if kind else "value of no type"
+            article = "an" if what[0] in "aeiou" else "a"
             raise InputError(
-                f"input '{value.name}' is a {what}, not a tensor: onnxopt feeds, calibrates "
-                "and validates models with tensor inputs only"
+                f"input '{value.name}' is {article} {what}, not a tensor: onnxopt feeds, "
+                "calibrates and validates models with tensor inputs only"
             )
         tensor_type = value.type.tensor_type
         try:

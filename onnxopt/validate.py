@@ -97,8 +97,9 @@ class _Accumulator:
         c = np.asarray(cand, dtype=np.float64).ravel()
         if not (np.all(np.isfinite(c)) and np.all(np.isfinite(r))):
             # Equal non-finite values (same places) are a match; the metrics use the rest.
-            self.nonfinite = self.nonfinite or not np.array_equal(r, c, equal_nan=True)
             finite = np.isfinite(r) & np.isfinite(c)
+            same = np.array_equal(r[~finite], c[~finite], equal_nan=True)
+            self.nonfinite = self.nonfinite or not same
             r, c = r[finite], c[finite]
         # Finite values near the float64 limit overflow the sums: inf/NaN metrics fail gates.
         with np.errstate(over="ignore", invalid="ignore"):

@@ -113,7 +113,7 @@ def _fold_one(graph: onnx.GraphProto, index: GraphIndex, bn: onnx.NodeProto) -> 
     if layer is None or layer.op_type not in FOLDABLE_LAYERS or not is_onnx_domain(layer):
         return "not preceded by Conv/ConvTranspose/Gemm"
     if index.single_consumer(layer.output[0]) is not bn:
-        return f"{layer.op_type} output has other readers"
+        return f"{layer.op_type} output has other readers (a node, a subgraph or a graph output)"
     params = [index.constant(name) for name in bn.input[1:5]]
     if any(p is None for p in params):
         return "BatchNormalization parameters are not constant"

@@ -23,13 +23,23 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None) -> CliResult:
-    """Run the installed `onnxopt` console script (falling back to `python -m onnxopt`)."""
+def cli_command() -> list[str]:
+    """The installed `onnxopt` console script (falling back to `python -m onnxopt`)."""
     script = shutil.which("onnxopt")
-    command = [script] if script else [sys.executable, "-m", "onnxopt"]
+    return [script] if script else [sys.executable, "-m", "onnxopt"]
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, preexec_fn=None) -> CliResult:
+    """Run the console script; `preexec_fn` runs in the child first (e.g. a memory cap)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+        [*cli_command(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+        preexec_fn=preexec_fn,
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
 

@@ -229,3 +229,45 @@ def test_unknown_ops_are_left_untouched():
     result = _optimize(model)
     assert _ops(result.model) == ["Relu", "Gelu"]
     _assert_same_outputs(model, result.model)
+
+
+def test_shape_start_end_fold_to_the_sliced_shape():
+    # Shape{end=1}(x) is [2]: the Reshape target is [2, -1], not x's whole shape.
+    model = _graph_model(
+        [
+            helper.make_node("Shape", ["x"], ["batch"], end=1),
+            helper.make_node("Shape", ["x"], ["tail"], start=-2),
+            helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+            helper.make_node("Reshape", ["x", "target"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 60]),
+            helper.make_tensor_value_info("tail", TensorProto.INT64, [2]),
+        ],
+        [numpy_helper.from_array(np.array([-1], np.int64), "minus_one")],
+    )
+    result = _optimize(model)
+    assert result.report.passes[0].status == "changed"
+    assert "Shape" not in _ops(result.model)
+    _assert_same_outputs(model, result.model)
+
+
+def test_shapes_declared_wrong_in_the_file_are_not_folded_in():
+    # value_info claims t is 7x7; folding Shape(t) from that claim would break the Reshape.
+    model = _graph_model(
+        [
+            helper.make_node("Relu", ["x"], ["t"]),
+            helper.make_node("Shape", ["t"], ["target"]),
+            helper.make_node("Reshape", ["x", "target"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [],
+    )
+    model.graph.value_info.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, [7, 7]))
+    result = _optimize(model)
+    assert result.report.passes[0].status == "changed"
+    target = next(t for t in result.model.graph.initializer if t.name == "target")
+    assert numpy_helper.to_array(target).tolist() == [2, 3]
+    _assert_same_outputs(model, result.model)

@@ -181,6 +181,41 @@ def test_directory_file_with_wrong_shape(tmp_path):
         list(open_data(tmp_path, DYNAMIC))
 
 
+def test_directory_file_holding_a_whole_feed_without_a_sample_axis(tmp_path):
+    # Inputs that share no first dim (a scalar, a vector): each file is one feed as it is.
+    model = parse(
+        HEADER + "g (float[4, 3] x, float[3] w, int64 k) => (float[4, 3] y) { y = Mul(x, w) }"
+    )
+    for i in range(2):
+        np.savez(tmp_path / f"{i}.npz", x=rows(4) + i, w=np.ones(3, np.float32), k=np.int64(i))
+    got = list(open_data(tmp_path, model))
+    assert [sorted(f) for f in got] == [["k", "w", "x"]] * 2
+    np.testing.assert_array_equal(got[1]["x"], rows(4) + 1)
+    assert got[1]["k"].shape == () and int(got[1]["k"]) == 1
+
+
+def test_directory_inputs_without_a_common_sample_axis_that_do_not_fit(tmp_path):
+    np.savez(tmp_path / "s.npz", a=rows(2), b=np.zeros((3, 4), np.int64))
+    with pytest.raises(InputError, match="inputs hold different numbers of samples"):
+        list(open_data(tmp_path, TWO_INPUTS))
+
+
+def test_sequence_and_untyped_inputs_are_refused_in_one_line():
+    sequence = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("SequenceLength", ["s"], ["n"])],
+            "g",
+            [onnx.helper.make_tensor_sequence_value_info("s", onnx.TensorProto.FLOAT, None)],
+            [onnx.helper.make_tensor_value_info("n", onnx.TensorProto.INT64, [])],
+        )
+    )
+    with pytest.raises(InputError, match=r"^input 's' is a sequence, not a tensor"):
+        input_specs(sequence)
+    sequence.graph.input[0].type.CopyFrom(onnx.helper.make_tensor_type_proto(0, [1]))
+    with pytest.raises(InputError, match=r"^input 's' has no usable element type \(0\)"):
+        input_specs(sequence)
+
+
 def test_directory_errors(tmp_path):
     with pytest.raises(InputError, match="no data files"):
         open_data(tmp_path, DYNAMIC)

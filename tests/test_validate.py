@@ -97,6 +97,15 @@ def test_nan_in_candidate_fails_every_gate():
     assert len(failures) == 2
 
 
+def test_equal_infinities_match_and_huge_values_do_not_overflow(recwarn):
+    ref = np.array([[np.inf, -np.inf, 3e38, 1.0]], np.float32)
+    out = compare_runners(fixed([ref]), fixed([ref.copy()]), ["y"], source_of(1)).outputs[0]
+    assert (out.max_abs, out.cosine) == (0.0, 1.0)
+    half = compare_runners(fixed([ref]), fixed([ref / 2]), ["y"], source_of(1)).outputs[0]
+    assert half.cosine == pytest.approx(1.0) and half.max_abs > 1e38
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_thresholds_name_each_miss():
     ref = np.array([[3.0, 4.0]], np.float32)
     report = compare_runners(fixed([ref]), fixed([ref[:, ::-1].copy()]), ["y"], source_of(1))

@@ -226,8 +226,17 @@ def elementwise(b: Builder, position: int, node: onnx.NodeProto) -> None:
         b.add_role(NodeRole(position, "elementwise", tuple(params)))
 
 
+def _second_output_read(b: Builder, node: onnx.NodeProto) -> bool:
+    """Whether a node's optional second output (mask, indices) is read or is a graph output."""
+    if len(node.output) < 2 or not node.output[1]:
+        return False
+    name = node.output[1]
+    index = b.index
+    return bool(index.consumers.get(name)) or name in index.graph_outputs | index.subgraph_reads
+
+
 def dropout(b: Builder, position: int, node: onnx.NodeProto) -> None:
-    if len(node.output) > 1 and node.output[1] and b.index.consumers.get(node.output[1]):
+    if _second_output_read(b, node):
         return b.refuse(node, "has its mask read")
     x = b.layout(node.input[0])
     if x is not None:
@@ -240,7 +249,7 @@ def pool(b: Builder, position: int, node: onnx.NodeProto) -> None:
         return
     if x.axis != 1 or x.block != 1:
         return b.refuse(node, "pools a tensor whose channels are not on axis 1")
-    if len(node.output) > 1 and node.output[1] and b.index.consumers.get(node.output[1]):
+    if _second_output_read(b, node):
         return b.refuse(node, "has its indices read")
     b.set_layout(node.output[0], x)
 

@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnxopt.ir.graph import (
     from_graphsurgeon,
@@ -81,9 +82,13 @@ def fold_constants(
         kept = [t for t in model.graph.initializer if t.name not in inputs]
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept)
-    model = _fold_shapes(model, keep)
+    # A Shape of an input with a default value is left alone: which shape it has is the caller's.
+    model = _fold_shapes(model, keep | {t.name for t in shadowed})
     graph = to_graphsurgeon(model)
     graph.toposort()
+    # graphsurgeon evaluates in ORT sessions of its own, on ORT's default logger: keep ORT's
+    # warnings (fp16 kernels missing, ...) off the user's stderr; errors are raised anyway.
+    ort.set_default_logger_severity(3)
     graph.fold_constants(
         error_ok=False,
         fold_shapes=False,
@@ -99,7 +104,7 @@ def fold_constants(
 
 def _fold_shapes(model: onnx.ModelProto, keep: frozenset[str]) -> onnx.ModelProto:
     """A copy of `model` where each Shape node whose input has a static shape is a Constant
-    (start/end honoured); `model` itself when there is none.
+    (start/end honoured); `model` itself when there is none. Shapes of and into `keep` stay.
 
     Shapes are inferred from the graph inputs and initializers alone: value_info and output
     shapes written in the file are dropped first, as an untrusted file may declare them wrong.
@@ -107,7 +112,9 @@ def _fold_shapes(model: onnx.ModelProto, keep: frozenset[str]) -> onnx.ModelProt
     shape_nodes = [
         i
         for i, node in enumerate(model.graph.node)
-        if node.op_type == "Shape" and is_onnx_domain(node) and node.output[0] not in keep
+        if node.op_type == "Shape"
+        and is_onnx_domain(node)
+        and not {node.input[0], node.output[0]} & keep
     ]
     if not shape_nodes:
         return model

@@ -59,7 +59,11 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         )
     external = _check_external_data(proto, model_path.parent.resolve())
     if external:
-        onnx.load_external_data_for_model(proto, str(model_path.parent))
+        try:
+            onnx.load_external_data_for_model(proto, str(model_path.parent))
+        except (onnx.checker.ValidationError, OSError) as exc:  # onnx's own location checks
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot read the external data of {model_path}: {first}") from exc
     return LoadedModel(proto=proto, path=model_path.resolve(), external_files=external)
 
 
@@ -76,7 +80,8 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
         target = _resolve_inside(base_dir, location, tensor.name)
         if not target.is_file():
             raise InputError(
-                f"external data file '{location}' of tensor '{tensor.name}' is missing"
+                f"external data file '{location}' of tensor '{tensor.name}' is missing "
+                "(or not a regular file)"
             )
         offset, length = _external_span(info, tensor)
         files[target] = max(files.get(target, 0), offset + length)
@@ -127,6 +132,11 @@ def _resolve_inside(base_dir: Path, location: str, tensor_name: str) -> Path:
         raise InputError(
             f"external data location '{location}' of tensor '{tensor_name}' "
             "escapes the model's folder"
+        )
+    if (base_dir / location).is_symlink():
+        raise InputError(
+            f"external data file '{location}' of tensor '{tensor_name}' is a symbolic link "
+            "(onnx does not read those; copy the file instead)"
         )
     return resolved
 

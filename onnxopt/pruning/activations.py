@@ -65,10 +65,15 @@ class TensorReader:
         shapes: ShapeInfo | None = None,
     ) -> None:
         self.names = list(names)
-        self.session = make_session(with_outputs(model, self.names, shapes), provider)
-        self.inputs = {i.name for i in self.session.get_inputs()}
+        # No tensors asked for: nothing to run (ORT refuses a graph without outputs).
+        self.session = (
+            make_session(with_outputs(model, self.names, shapes), provider) if self.names else None
+        )
+        self.inputs = {i.name for i in self.session.get_inputs()} if self.session else set()
 
     def __call__(self, feed: Feed) -> dict[str, np.ndarray]:
+        if self.session is None:
+            return {}
         values = self.session.run(self.names, {k: v for k, v in feed.items() if k in self.inputs})
         return dict(zip(self.names, values, strict=True))
 
@@ -110,14 +115,12 @@ def consumer_grams(
     at `positions` output positions per image, as the reconstruction samples them.
     """
     index = GraphIndex(model.graph)
-    usable = [c for c in consumers if c.op_type in ("Conv", "Gemm", "MatMul")]
-    rows = {
-        c.name: LayerRows(
-            model.graph.node[c.node],
-            index.constant(model.graph.node[c.node].input[c.weight_index]).shape,
-        )
-        for c in usable
+    shapes = {
+        c.name: index.constant(model.graph.node[c.node].input[c.weight_index]).shape
+        for c in consumers
     }
+    usable = [c for c in consumers if LayerRows.supports(c.op_type, shapes[c.name])]
+    rows = {c.name: LayerRows(model.graph.node[c.node], shapes[c.name]) for c in usable}
     names = sorted({n for c in usable for n in (c.input, c.output)})
     reader = TensorReader(model, names, provider)
     sums: dict[str, list] = {c.name: [0, 0.0, 0.0] for c in usable}

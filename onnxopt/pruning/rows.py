@@ -31,9 +31,15 @@ class LayerRows:
     """Row sampling for one Conv (2-D), Gemm or MatMul layer."""
 
     def __init__(self, node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> None:
+        assert self.supports(node.op_type, weight_shape), (node.op_type, weight_shape)
         self.node = node
         self.op_type = node.op_type
         self.kernel = tuple(int(k) for k in weight_shape[2:])
+
+    @staticmethod
+    def supports(op_type: str, weight_shape: tuple[int, ...]) -> bool:
+        """Whether rows can be drawn for this layer: a 2-D Conv, a Gemm or a MatMul."""
+        return op_type in ("Gemm", "MatMul") or (op_type == "Conv" and len(weight_shape) == 4)
 
     def out_axis(self, ndim: int) -> int:
         return ndim - 1 if self.op_type == "MatMul" else 1
