@@ -46,6 +46,9 @@ from onnxopt.sharing.run import ShareRun, ShareSettings, replace_with_decoders, 
 
 log = logging.getLogger(__name__)
 
+MIN_ELEMENTS = 4096
+MIN_ELEMENTS_BUDGET = 1024
+
 
 @dataclass(frozen=True)
 class ShareOptions:
@@ -64,7 +67,12 @@ class ShareOptions:
         True, "fit codebooks to each layer's output on the calibration data, when given"
     )
     dedup: bool = option(True, "store identical (or transposed) constants once")
-    min_elements: int = option(4096, "tensors smaller than this stay as they are", low=1)
+    min_elements: int | None = option(
+        None,
+        "tensors smaller than this stay as they are (default 4096 with `bits`; 1024 with "
+        "`target_ratio`, whose allocation keeps a small tensor as it is unless a codebook pays)",
+        low=1,
+    )
     exclude: tuple[str, ...] = option((), "weights, reader node names (globs) or op types to skip")
     iterations: int = option(30, "k-means iterations", low=1, high=1000)
     min_cosine: float = option(
@@ -133,7 +141,7 @@ class SharePass(Pass):
             o.target_ratio,
             o.granularity,
             o.data_aware,
-            o.min_elements,
+            o.min_elements or (MIN_ELEMENTS if o.target_ratio is None else MIN_ELEMENTS_BUDGET),
             o.exclude,
             o.iterations,
         )

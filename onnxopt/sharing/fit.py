@@ -25,7 +25,7 @@ from onnxopt.sharing.codebook import Codebook, channel_view
 from onnxopt.sharing.kmeans import kmeans_rows, nearest
 
 REFINE_ROUNDS = 2
-MAX_SHRINK = 10.0
+MAX_SHRINK = 1.0
 CG_ITERATIONS = 12
 
 
@@ -33,7 +33,7 @@ CG_ITERATIONS = 12
 class Fitted:
     book: Codebook
     weight_error: float  # ||D||^2 / ||W||^2
-    output_error: float | None  # tr(D H D^T) / tr(W H W^T), with input moments
+    output_error: float | None  # tr(D H D^T) / tr(W H W^T), with measured input moments
 
 
 class LayerModel:
@@ -42,9 +42,10 @@ class LayerModel:
     def __init__(self, weight: Weight, moments: Moments) -> None:
         self.weight = weight
         self.op_type = weight.layer.op_type
+        self.measured = moments.h
         self.hessian = shrunk(moments)
         self.matrix = layer_matrix(weight.value.astype(np.float64), self.op_type, weight.trans_b)
-        self.energy = max(self.quadratic(self.matrix), 1e-30)
+        self.energy = max(self.quadratic(self.matrix, self.measured), 1e-30)
 
     def to_layer(self, array: np.ndarray) -> np.ndarray:
         return layer_matrix(array, self.op_type, self.weight.trans_b)
@@ -52,13 +53,18 @@ class LayerModel:
     def from_layer(self, matrix: np.ndarray) -> np.ndarray:
         return from_layer_matrix(matrix, self.op_type, self.weight.trans_b, self.weight.value.shape)
 
-    def times_h(self, matrix: np.ndarray) -> np.ndarray:
-        if self.hessian.ndim == 3:
-            return np.einsum("rm,rmn->rn", matrix, self.hessian)
-        return matrix @ self.hessian
+    def times_h(self, matrix: np.ndarray, h: np.ndarray | None = None) -> np.ndarray:
+        h = self.hessian if h is None else h
+        if h.ndim == 3:
+            return np.einsum("rm,rmn->rn", matrix, h)
+        return matrix @ h
 
-    def quadratic(self, matrix: np.ndarray) -> float:
-        return float(np.sum(self.times_h(matrix) * matrix))
+    def quadratic(self, matrix: np.ndarray, h: np.ndarray | None = None) -> float:
+        return float(np.sum(self.times_h(matrix, h) * matrix))
+
+    def output_error(self, delta: np.ndarray) -> float:
+        """tr(D H D^T) / tr(W H W^T) under the measured H (the shrunk one only steers fitting)."""
+        return self.quadratic(self.to_layer(delta), self.measured) / self.energy
 
     def importance(self) -> np.ndarray:
         """diag(H) per weight element, in the weight's own shape."""
@@ -68,10 +74,12 @@ class LayerModel:
 
 
 def shrunk(moments: Moments) -> np.ndarray:
-    """H with its off-diagonal part trusted in proportion to the rows behind it: from fewer
-    rows than inputs (a classifier seeing one pooled vector per image), a raw H has a null space
-    that error feedback would happily push all the error into, and held-out inputs do not
-    share it."""
+    """H with its off-diagonal part trusted in proportion to the rows behind it (at most
+    MAX_SHRINK times the diagonal is added): from fewer rows than inputs (a classifier seeing one
+    pooled vector per image), a raw H has a null space that error feedback pushes error into.
+    Measured on MobileNetV2's classifier (128 rows, 1280 inputs), held-out output error at 3 bits:
+    0.0006 raw, 0.0007 with 1x the diagonal, 0.0015 with 10x; with 1x the error estimated on the
+    calibration rows is 2x optimistic instead of 7x."""
     h = moments.h
     inputs = h.shape[-1]
     weight = min(inputs / max(moments.rows, 1), MAX_SHRINK)
@@ -117,7 +125,7 @@ def _measure(weight: Weight, book: Codebook, layer: LayerModel | None) -> Fitted
     weight_error = float(np.sum(delta**2) / max(np.sum(value**2), 1e-30))
     output_error = None
     if layer is not None:
-        output_error = layer.quadratic(layer.to_layer(delta)) / layer.energy
+        output_error = layer.output_error(delta)
     return Fitted(book, weight_error, output_error)
 
 
