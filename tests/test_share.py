@@ -180,6 +180,46 @@ def test_target_ratio_meets_the_file_budget(digits_model, digits_calib, tmp_path
     assert len({t["bits"] for t in ratio_stats["tensors"]}) > 1  # bits differ per layer
 
 
+@pytest.mark.parametrize(("bits", "inputs", "channels"), [(4, 64, 96), (8, 32, 192)])
+def test_fixed_bits_takes_channel_scaled_books_for_channels_of_different_scale(
+    bits, inputs, channels, tmp_path
+):
+    """Folded BatchNorm leaves output channels at very different scales; one book per tensor
+    then wastes its values on the large channels, and the refit comparison must see that."""
+    rng = np.random.default_rng(3)
+    scales = np.geomspace(0.01, 1.0, channels)
+    weight = (rng.standard_normal((inputs, channels)) * scales).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, channels])],
+        [onnx.numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    path = tmp_path / "scales.onnx"
+    onnx.save(model, path)
+    x = rng.standard_normal((16, inputs)).astype(np.float32)
+    errors = {}
+    for granularity in ("auto", "tensor"):
+        out = tmp_path / f"{granularity}.onnx"
+        result = api.optimize(
+            path,
+            out,
+            passes=f"share{{bits={bits},granularity={granularity},min_cosine=0}}",
+            calib="random",
+        )
+        (tensor,) = result.report.passes[0].stats["tensors"]
+        errors[granularity] = (tensor["codebooks"], ort_outputs(out, {"x": x})[0])
+    reference = x @ weight
+    relative = {
+        g: float(np.sum((y - reference) ** 2) / np.sum(reference**2))
+        for g, (_, y) in errors.items()
+    }
+    assert errors["auto"][0].startswith("scaled")
+    assert relative["auto"] < 0.5 * relative["tensor"]
+
+
 def test_constants_read_as_non_weights_are_left_alone(tmp_path):
     rng = np.random.default_rng(0)
     big = rng.standard_normal((64, 64)).astype(np.float32)
