@@ -282,6 +282,7 @@ def test_share_then_quant_keeps_int8_codebooks_that_ort_fuses(digits_model, digi
     assert "QLinearConv" in ops and not {"Gather", "GatherElements"} & set(ops)
     quant_only = tmp_path / "q.onnx"
     api.optimize(digits_model, quant_only, passes="cleanup,quant", calib=digits_calib)
+
     def payload(path):
         return sum(len(t.raw_data) for t in onnx.load(path).graph.initializer)
 
