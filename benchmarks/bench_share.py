@@ -132,7 +132,10 @@ def table(rows: list[Row], base_size: int, base_gzip: int, val_n: int, calib_n: 
     lines = [
         f"MobileNetV2 (torchvision ImageNet weights), fp32 file {base_size / 1e6:.2f} MB "
         f"(gzip {base_gzip / 1e6:.2f} MB); {calib_n} calibration crops, agreement on {val_n} "
-        "held-out crops; `python -m benchmarks.bench_share`.",
+        "held-out crops; `python -m benchmarks.bench_share`. Latency: the model's over fp32's, "
+        "timed interleaved in one process (1.00x = the same, below 1 = faster); load time: "
+        "median of 5 `InferenceSession` creations over fp32's (ONNX Runtime folds the codebook "
+        "decoders there).",
         "",
         "| config | pipeline | file | smaller | gzip smaller | top-1 agreement | cosine "
         "| latency vs fp32 | load time vs fp32 | optimize time |",
