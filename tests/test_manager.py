@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxopt import api
+from onnxopt.infra import checks
 from onnxopt.infra.analysis import AnalysisCache
 from onnxopt.infra.errors import CheckFailed, PassCrashed, PassRefused
 from onnxopt.infra.options import option
@@ -171,6 +172,7 @@ def test_metadata_says_how_the_model_was_made(convbnrelu_path):
     summary = json.loads(props["onnxopt.passes"])
     assert summary[0]["status"] == "changed"
     assert summary[0]["stats"]["bn_folded"] > 0
+    assert all(not isinstance(v, (list, dict)) for v in summary[0]["stats"].values())
 
 
 def test_same_input_same_seed_same_bytes(convbnrelu_path, tmp_path):
@@ -188,3 +190,27 @@ def test_report_has_timings_memory_and_fidelity(convbnrelu_path, tmp_path):
     assert record["before"]["params"] >= record["after"]["params"] > 0
     assert record["fidelity"]["outputs"][0]["cosine"] > 0.99999
     assert report["fidelity"]["synthetic"] is True
+
+
+def test_one_changed_pass_reports_its_gate_fidelity_without_running_the_data_again(
+    monkeypatch,
+):
+    calls = []
+    measure = checks.measure_fidelity
+
+    def counted(before, after, data):
+        calls.append((before, after))
+        return measure(before, after, data)
+
+    monkeypatch.setattr(checks, "measure_fidelity", counted)
+    result = api.optimize(_relu_model(), passes="test-analysis{touch=true}")
+    assert result.report.passes[0].status == "changed"
+    assert len(calls) == 1  # the gate only: it already compared the input model's outputs
+    assert result.report.fidelity == result.report.passes[0].fidelity
+    assert result.report.fidelity["outputs"][0]["max_abs"] == 0.0
+    calls.clear()
+    result = api.optimize(
+        _relu_model(), passes="test-analysis{touch=true},test-analysis{touch=true}"
+    )
+    assert len(calls) == 3  # two gates, then the input model against the final one
+    assert calls[-1][0] is calls[0][0] and calls[-1][1] is calls[1][1]

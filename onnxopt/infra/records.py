@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 
 ACCEPTED = ("changed", "unchanged")
+SCALARS = (bool, int, float, str, type(None))
 
 
 @dataclass
@@ -27,12 +28,14 @@ class PassRecord:
     fidelity: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        """The deterministic part (no timings) written into the model's metadata."""
+        """The deterministic part (no timings) written into the model's metadata: scalar stats
+        only, since per-tensor tables (`share` lists every weight) would add kilobytes to a
+        file whose size may be the point; the JSON report keeps them."""
         return {
             "pass": self.step,
             "status": self.status,
             "reason": self.reason,
-            "stats": self.stats,
+            "stats": {k: v for k, v in self.stats.items() if isinstance(v, SCALARS)},
             "skipped": len(self.skipped),
         }
 

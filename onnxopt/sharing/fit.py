@@ -43,6 +43,7 @@ class LayerModel:
         self.weight = weight
         self.op_type = weight.layer.op_type
         self.measured = moments.h
+        self.rows = moments.rows
         self.hessian = shrunk(moments)
         self.matrix = layer_matrix(weight.value.astype(np.float64), self.op_type, weight.trans_b)
         self.energy = max(self.quadratic(self.matrix, self.measured), 1e-30)

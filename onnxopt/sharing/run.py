@@ -18,6 +18,8 @@ from onnxopt.quantization.fallback import Evaluator
 from onnxopt.sharing.allocate import Candidate, allocate
 from onnxopt.sharing.codebook import Codebook, emit_decoder, supported_axis
 from onnxopt.sharing.fit import Fitted, LayerModel, fit
+from onnxopt.sharing.holdout import few_row_weights
+from onnxopt.sharing.holdout import optimism as held_out_optimism
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,14 @@ class ShareRun:
         (serialization overhead is only estimated) until the file fits."""
         options: dict[str, list[Candidate]] = {}
         probes = Probes(model, self.data, self.settings) if layers else None
+        optimism = {}
+        if layers:
+            few_rows = few_row_weights(layers)
+            iterations = self.settings.iterations
+            optimism = held_out_optimism(
+                model, few_rows, self.data, HESSIAN_SAMPLES, PROBE_BITS, iterations
+            )
+            self.stats["held_out_error_factor"] = {k: round(v, 3) for k, v in optimism.items()}
         for weight in weights:
             layer = layers.get(weight.tensor)
             candidates = [
@@ -161,6 +171,8 @@ class ShareRun:
             ]
             if probes is not None and layer is not None:
                 candidates = probes.calibrate(weight, layer, candidates, fits)
+            factor = optimism.get(weight.tensor, 1.0)
+            candidates = [replace(c, error=c.error * factor) for c in candidates]
             options[weight.tensor] = [Candidate(None, None, False, weight.value.nbytes, 0.0)]
             options[weight.tensor] += candidates
         sensitivity = {} if probes is None else probes.sensitivity
@@ -169,22 +181,26 @@ class ShareRun:
         target = int(file_bytes / self.settings.target_ratio) - METADATA_ALLOWANCE
         budget = target - (file_bytes - sum(w.value.nbytes for w in weights))
         measured: set[tuple] = set()
+        fitting = None
         for _ in range(BUDGET_ROUNDS):
             chosen, _fits = allocate(options, sensitivity, budget)
             encoded = self._fit_chosen(weights, chosen, layers, fits)
             size = encoded_size(model, encoded)
-            corrected = _measured_errors(options, chosen, fits, measured)
+            corrected = _measured_errors(options, chosen, fits, measured, optimism)
             if size > target:
                 budget -= size - target
-            elif not corrected:
+                continue
+            fitting = encoded
+            if not corrected:
                 break
         self.stats["target_bytes"] = target
-        if size > target:
+        if fitting is None:
             self.skipped.append(
                 f"target_ratio={self.settings.target_ratio:g} not reached: "
                 f"{file_bytes / size:.2f}x with every weight at its smallest encoding"
             )
-        return encoded
+            return encoded
+        return fitting
 
 
 class Probes:
@@ -221,7 +237,7 @@ class Probes:
         return [replace(c, error=c.error * gain) for c in candidates]
 
 
-def _measured_errors(options, chosen, fits, measured: set[tuple]) -> bool:
+def _measured_errors(options, chosen, fits, measured: set[tuple], optimism) -> bool:
     """Put the refit output errors of the chosen encodings in place of their estimates (the
     refit gain probed at PROBE_BITS is only an estimate at other bits: for a classifier it is
     25x at 4 bits, 7x at 2); whether an estimate was off by more than ESTIMATE_TOLERANCE."""
@@ -232,7 +248,7 @@ def _measured_errors(options, chosen, fits, measured: set[tuple]) -> bool:
         if key in measured or fitted is None or fitted.output_error is None:
             continue
         measured.add(key)
-        error = fitted.output_error
+        error = fitted.output_error * optimism.get(name, 1.0)
         options[name] = [replace(c, error=error) if c == candidate else c for c in options[name]]
         corrected |= abs(error - candidate.error) > ESTIMATE_TOLERANCE * candidate.error
     return corrected
