@@ -38,7 +38,10 @@ def session_options(
     threads: int | None = None,
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     optimized_model_path: str | None = None,
+    spinning: bool = True,
 ) -> ort.SessionOptions:
+    """`spinning=False` for sessions whose runs alternate with numpy work (calibration): ORT's
+    idle threads would otherwise busy-wait and take the cores that work (and BLAS) needs."""
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
     # Errors reach the caller as exceptions; ORT's own log of them would be a second copy.
@@ -48,6 +51,8 @@ def session_options(
         options.inter_op_num_threads = 1
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

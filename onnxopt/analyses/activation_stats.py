@@ -76,7 +76,8 @@ def stream_tensors(
     batch), one batch at a time (graph inputs included); stops after `max_samples` samples."""
     inputs = {i.name for i in model.graph.input}
     computed = [t for t in tensors if t not in inputs]
-    session = make_session(expose_tensors(model, computed), provider, options=session_options())
+    options = session_options(spinning=False)
+    session = make_session(expose_tensors(model, computed), provider, options=options)
     samples = 0
     for feed in data:
         values = dict(zip(computed, session.run(computed, feed), strict=True)) if computed else {}

@@ -65,52 +65,111 @@ CHANNEL_CHUNK = 64
 """Depthwise patches are built this many channels at a time (bounds their memory)."""
 
 
-def patches(x: np.ndarray, layer: LayerInput) -> np.ndarray:
+@dataclass(frozen=True)
+class RowBudget:
+    """How many input rows (patches) of a layer enter H: `rows_per_column` times the layer's
+    columns (inputs of one output), at least `min_rows`, spread evenly over `samples` samples.
+    A layer with fewer rows per sample uses them all."""
+
+    samples: int
+    rows_per_column: int = 128
+    min_rows: int = 8192
+
+    def per_sample(self, columns: int) -> int:
+        wanted = max(self.min_rows, self.rows_per_column * columns)
+        return max(1, -(-wanted // max(self.samples, 1)))
+
+
+def layer_columns(layer: LayerInput, shape: tuple[int, ...]) -> int:
+    """Columns of the layer's weight matrix (the length of one input row) for an input `shape`."""
+    if layer.op_type != "Conv":
+        return shape[-1]
+    kernel = int(np.prod(layer.kernel))
+    return kernel if layer.depthwise else shape[1] * kernel
+
+
+def patches(x: np.ndarray, layer: LayerInput, step: int = 1) -> np.ndarray:
     """Conv input (N, C, H, W) -> (C, k*k, positions) float32; columns ordered as the weight's.
-    At most about MAX_POSITIONS output positions are taken (an even spatial stride)."""
+    Every `step`-th output row and column is taken."""
     top, left, bottom, right = layer.pads
     x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))
-    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, Ho, Wo, kh, kw
-    step = _position_step(windows.shape[0] * windows.shape[2] * windows.shape[3])
-    windows = windows[:, :, ::step, ::step]
+    windows = windows[:, :, :: sh * step, :: sw * step, ::dh, ::dw]  # N, C, Ho, Wo, kh, kw
     c = x.shape[1]
     return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3), dtype=np.float32).reshape(
         c, kh * kw, -1
     )
 
 
-def _position_step(positions: int) -> int:
+def _output_size(size: int, before: int, after: int, kernel: int, stride: int, dilation: int):
+    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _position_step(positions: int, grid: tuple[int, int] = (1, 1), per_sample: int | None = None):
+    """Spatial stride: the smallest one keeping a batch's `positions` under MAX_POSITIONS, raised
+    while every sample's output `grid` still gives at least `per_sample` positions."""
     step = 1
     while positions // (step * step) > MAX_POSITIONS:
         step += 1
+    if per_sample is not None:
+        height, width = grid
+        while -(-height // (step + 1)) * -(-width // (step + 1)) >= per_sample:
+            step += 1
     return step
 
 
-def accumulate(h: np.ndarray | None, x: np.ndarray, layer: LayerInput) -> np.ndarray:
-    """Add one batch's input second moments (sum of x x^T over positions) to `h` (float64)."""
+def accumulate(
+    h: np.ndarray | None, x: np.ndarray, layer: LayerInput, budget: RowBudget | None = None
+) -> np.ndarray:
+    """Add one batch's input second moments (sum of x x^T over positions) to `h` (float64, added
+    in place). `budget` subsamples positions (rows) evenly; without it, only large maps are."""
     x = np.asarray(x, dtype=np.float32)
+    per_sample = None if budget is None else budget.per_sample(layer_columns(layer, x.shape))
     if layer.op_type != "Conv":
         rows = x.reshape(-1, x.shape[-1])
+        rows = rows[:: _row_step(rows.shape[0], max(x.shape[0], 1), per_sample)]
         update = rows.T @ rows
     elif layer.depthwise:
+        step = _conv_step(x.shape, layer, per_sample)
         parts = []
         for start in range(0, x.shape[1], CHANNEL_CHUNK):
-            p = patches(x[:, start : start + CHANNEL_CHUNK], layer)
+            p = patches(x[:, start : start + CHANNEL_CHUNK], layer, step)
             parts.append(np.matmul(p, p.transpose(0, 2, 1)))
         update = np.concatenate(parts)
     elif layer.kernel == (1, 1) and layer.strides == (1, 1) and not any(layer.pads):
-        step = _position_step(x.shape[0] * x.shape[2] * x.shape[3])
+        step = _conv_step(x.shape, layer, per_sample)
         rows = np.moveaxis(x[:, :, ::step, ::step], 1, -1).reshape(-1, x.shape[1])
         update = rows.T @ rows
     else:
-        p = patches(x, layer)
+        p = patches(x, layer, _conv_step(x.shape, layer, per_sample))
         rows = p.reshape(-1, p.shape[-1])
         update = rows @ rows.T
-    update = update.astype(np.float64)
-    return update if h is None else h + update
+    if h is None:
+        return update.astype(np.float64)
+    h += update
+    return h
+
+
+def _conv_step(shape: tuple[int, ...], layer: LayerInput, per_sample: int | None) -> int:
+    grid = _output_grid(shape, layer)
+    return _position_step(shape[0] * grid[0] * grid[1], grid, per_sample)
+
+
+def _output_grid(shape: tuple[int, ...], layer: LayerInput) -> tuple[int, int]:
+    top, left, bottom, right = layer.pads or (0, 0, 0, 0)
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+    return (
+        _output_size(shape[2], top, bottom, kh, sh, dh),
+        _output_size(shape[3], left, right, kw, sw, dw),
+    )
+
+
+def _row_step(rows: int, samples: int, per_sample: int | None) -> int:
+    if per_sample is None:
+        return 1
+    return max(1, rows // samples // per_sample)
 
 
 @dataclass
@@ -135,15 +194,14 @@ def input_hessians(
     return moments
 
 
-def patch_rows(shape: tuple[int, ...], layer: LayerInput) -> int:
+def patch_rows(shape: tuple[int, ...], layer: LayerInput, budget: RowBudget | None = None) -> int:
     """How many input rows (patches) `accumulate` takes from a batch of this shape."""
+    per_sample = None if budget is None else budget.per_sample(layer_columns(layer, shape))
     if layer.op_type != "Conv":
-        return int(np.prod(shape[:-1]))
-    top, left, bottom, right = layer.pads or (0, 0, 0, 0)
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
-    height = (shape[2] + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    width = (shape[3] + left + right - dw * (kw - 1) - 1) // sw + 1
-    step = _position_step(shape[0] * height * width)
+        rows = int(np.prod(shape[:-1]))
+        return -(-rows // _row_step(rows, max(shape[0], 1), per_sample))
+    height, width = _output_grid(shape, layer)
+    step = _conv_step(shape, layer, per_sample)
     return shape[0] * -(-height // step) * -(-width // step)
 
 

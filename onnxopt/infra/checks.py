@@ -12,7 +12,7 @@ import onnxruntime as ort
 from onnxopt.data import DataSource
 from onnxopt.infra.pass_base import Fidelity
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, save_model, stored_bytes
-from onnxopt.runtime import make_session
+from onnxopt.runtime import make_session, session_options
 from onnxopt.validate import FidelityReport, compare_sessions
 
 CHECK_LEVELS = ("full", "basic", "none")
@@ -71,8 +71,10 @@ class SessionOutcome:
 
 
 def try_session(model: onnx.ModelProto, provider: str) -> SessionOutcome:
+    """A session for the gates: they run two models in turn, so idle threads must not spin."""
     try:
-        return SessionOutcome(make_session(model, provider), None)
+        options = session_options(spinning=False)
+        return SessionOutcome(make_session(model, provider, options=options), None)
     except Exception as exc:  # ORT raises its own exception types for invalid graphs
         return SessionOutcome(None, f"onnxruntime session: {_first_line(exc)}")
 

@@ -132,14 +132,23 @@ def build_qdq(
 
 
 def _feeds_from_kept_float(index: GraphIndex, plan: Plan, tensor: str) -> bool:
-    """Whether `tensor` comes from a node kept float (through Relu/Clip): ORT would fuse it
-    with the Q (and even quantize its float weights), so a one-input Sum separates them."""
+    """Whether `tensor` comes from a node kept float (through Relu/Clip) that reads a quantized
+    tensor: ORT would fuse that node's DQ, the node and the Q (and even quantize its float
+    weights), so a one-input Sum separates them. A node reading only float tensors needs none."""
     producer = index.producer.get(tensor)
     while producer is not None and producer.op_type in ("Relu", "Clip") and producer.input:
         if producer.name in plan.kept_float:
-            return True
+            return _reads_quantized(producer, plan)
         producer = index.producer.get(producer.input[0])
-    return producer is not None and producer.name in plan.kept_float
+    return (
+        producer is not None
+        and producer.name in plan.kept_float
+        and _reads_quantized(producer, plan)
+    )
+
+
+def _reads_quantized(node: onnx.NodeProto, plan: Plan) -> bool:
+    return any(name in plan.roots for name in node.input)
 
 
 def _param_initializers(graph, plan: Plan, params: dict[str, ActivationParams]) -> None:

@@ -56,7 +56,7 @@ class Evaluator:
     ) -> None:
         self.data = data
         self.max_samples = max_samples
-        self.reference = make_session(float_model, options=session_options())
+        self.reference = make_session(float_model, options=session_options(spinning=False))
         self.cache: list[list[np.ndarray]] | None = None
 
     def _feeds(self):
@@ -80,7 +80,7 @@ class Evaluator:
         self.cache = kept if size <= MAX_CACHED_BYTES else None
 
     def score(self, model: onnx.ModelProto) -> Score:
-        session = make_session(model, options=session_options())
+        session = make_session(model, options=session_options(spinning=False))
         dot = ref_sq = cand_sq = 0.0
         agree = rows = 0
         classifier = True
