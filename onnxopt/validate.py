@@ -297,8 +297,10 @@ def validate_models(
     source = open_data(
         data, ref_proto, batch_size=batch_size, seed=seed, shapes=shapes, preprocess=preprocess
     )
-    ref_session = make_session(ref_source, provider, options=session_options(threads=threads))
-    cand_session = make_session(cand_source, provider, options=session_options(threads=threads))
+    # the two sessions take turns: idle threads of one spinning would slow the other
+    options = session_options(threads=threads, spinning=False)
+    ref_session = make_session(ref_source, provider, options=options)
+    cand_session = make_session(cand_source, provider, options=options)
     report = compare_sessions(ref_session, cand_session, source, limit_batches=limit_batches)
     if report.samples == 0:
         raise InputError(f"no samples in {source.description}")
