@@ -27,6 +27,7 @@ from typing import Literal
 import onnx
 from onnxopt.passes.cleanup import CleanupPass
 
+from onnxopt.infra import checks
 from onnxopt.infra.errors import PassRefused
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
@@ -115,9 +116,7 @@ class QuantPass(Pass):
         model, shared = materialize(model)
         run.frozen = frozenset(w.tensor for w in shared)
         if self.options.prepare:
-            prepared = CleanupPass().apply(model, ctx)
-            model = prepared.model
-            run.skipped.extend(f"prepare (cleanup): {reason}" for reason in prepared.skipped)
+            model = self._prepare(model, ctx, run)
         quantized = run.quantize(model)
         if quantized is None:
             return PassResult(model, False, run.stats, run.skipped)
@@ -126,6 +125,19 @@ class QuantPass(Pass):
             run.skipped.extend(left_plain)
             run.stats["codebook_weights"] = len(shared)
         return PassResult(quantized, True, run.stats, run.skipped)
+
+    def _prepare(self, model: onnx.ModelProto, ctx: PassContext, run) -> onnx.ModelProto:
+        """`model` after cleanup, or as it is when ONNX Runtime cannot load the cleaned one
+        (cleanup's own gate is not run here, and calibration needs a session)."""
+        prepared = CleanupPass().apply(model, ctx)
+        run.skipped.extend(f"prepare (cleanup): {reason}" for reason in prepared.skipped)
+        if not prepared.changed:
+            return prepared.model
+        outcome = checks.try_session(prepared.model, ctx.provider)
+        if outcome.error is not None:
+            run.skipped.append(f"prepare (cleanup) not used: {outcome.error}")
+            return model
+        return prepared.model
 
 
 def decline_reason(model: onnx.ModelProto) -> str | None:

@@ -307,3 +307,27 @@ def _model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto
 
 def _random(model: onnx.ModelProto) -> RandomSource:
     return RandomSource(input_specs(model), seed=0, batches=4)
+
+
+def test_quant_uses_the_model_as_given_when_ort_cannot_load_its_cleaned_copy(
+    digits_model, digits_calib, monkeypatch
+):
+    from onnxopt.passes import quant as quant_module
+
+    from onnxopt import api
+    from onnxopt.infra.pass_base import PassResult
+
+    cleanup_apply = quant_module.CleanupPass.apply
+
+    def unloadable_cleanup(self, model, ctx):
+        result = cleanup_apply(self, model, ctx)
+        broken = onnx.ModelProto()
+        broken.CopyFrom(result.model)
+        first = broken.graph.node[0].output[0]
+        broken.graph.node.append(helper.make_node("Nope", [first], ["x"], domain="no.such"))
+        return PassResult(broken, True, result.stats, result.skipped)
+
+    monkeypatch.setattr(quant_module.CleanupPass, "apply", unloadable_cleanup)
+    record = api.optimize(digits_model, None, passes="quant", calib=digits_calib).report.passes[0]
+    assert record.status == "changed"
+    assert any("prepare (cleanup) not used: onnxruntime session" in s for s in record.skipped)
