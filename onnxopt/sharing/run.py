@@ -131,9 +131,9 @@ class ShareRun:
     def _fixed_bits(self, weight: Weight, layer, fits) -> Candidate:
         """The layout with the smallest error among those whose extra bytes over a per-tensor
         book are no more than going one bit up would cost (a bit per value, twice the float32
-        centroids). With input moments the layouts are compared
-        after the refit: k-means errors pick per-tensor books for layers whose channels differ in
-        scale (folded BatchNorm), where the refit channel-scaled book is 3x more accurate."""
+        centroids). With input moments the layouts are compared after the refit: k-means
+        errors pick per-tensor books for layers whose channels differ in scale (folded
+        BatchNorm), where the refit channel-scaled book is 3x more accurate."""
         bits = self.settings.bits
         options = [self._candidate(weight, bits, lay, layer) for lay in self._layouts(weight)]
         one_more_bit = weight.value.size // 8 + (4 << bits)
