@@ -103,7 +103,8 @@ def patches(x: np.ndarray, layer: LayerInput, step: int = 1) -> np.ndarray:
     )
 
 
-def _output_size(size: int, before: int, after: int, kernel: int, stride: int, dilation: int):
+def conv_output_size(size: int, before: int, after: int, kernel: int, stride: int, dilation: int):
+    """Output length of a convolution along one spatial axis."""
     return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -161,8 +162,8 @@ def _output_grid(shape: tuple[int, ...], layer: LayerInput) -> tuple[int, int]:
     top, left, bottom, right = layer.pads or (0, 0, 0, 0)
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
     return (
-        _output_size(shape[2], top, bottom, kh, sh, dh),
-        _output_size(shape[3], left, right, kw, sw, dw),
+        conv_output_size(shape[2], top, bottom, kh, sh, dh),
+        conv_output_size(shape[3], left, right, kw, sw, dw),
     )
 
 

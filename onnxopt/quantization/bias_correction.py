@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxopt.analyses.input_moments import conv_output_size
 from onnxopt.data import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
 from onnxopt.runtime import make_session, session_options
@@ -186,7 +187,7 @@ def conv_patch_sums(
 
 def offset_reads(size, kernel, stride, dilation, before, after) -> tuple[np.ndarray, int]:
     """(matrix (kernel, size): how often kernel offset k reads input position i, output size)."""
-    outputs = (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+    outputs = conv_output_size(size, before, after, kernel, stride, dilation)
     index = np.arange(outputs)[None] * stride + np.arange(kernel)[:, None] * dilation - before
     reads = np.zeros((kernel, size))
     for k in range(kernel):

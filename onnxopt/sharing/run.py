@@ -153,9 +153,9 @@ class ShareRun:
         """Allocate bits for `target_ratio`, then correct the budget by the real file size
         (serialization overhead is only estimated) until the file fits."""
         options: dict[str, list[Candidate]] = {}
-        probes = Probes(model, self.data, self.settings) if layers else None
-        optimism = {}
+        probes, optimism = None, {}
         if layers:
+            probes = Probes(model, self.data, self.settings)
             few_rows = few_row_weights(layers)
             iterations = self.settings.iterations
             optimism = held_out_optimism(
