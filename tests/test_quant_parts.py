@@ -11,7 +11,13 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.analyses.histogram import StreamingHistogram, choose_range
 from onnxopt.data import RandomSource, input_specs
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.quantization.equalize import Rescaler, equalization_factors, find_scale_groups, usable
+from onnxopt.quantization.equalize import (
+    Rescaler,
+    clipped_factors,
+    equalization_factors,
+    find_scale_groups,
+    usable,
+)
 from onnxopt.quantization.params import activation_params, quantize_bias, weight_scales
 from onnxopt.quantization.plan import PlanConfig, make_plan
 from onnxopt.quantization.rounding import gptq
@@ -132,23 +138,67 @@ def test_transformer_groups_run_through_layernorm_into_matmuls(transformer_path)
     assert any(len(g.consumers) == 3 for g in layer_norm_groups)  # q, k and v read one LN
 
 
-def test_clip_blocks_equalization_and_relu_does_not():
+def _conv_act_conv(activation: str, low: float, high: float, depthwise: bool) -> onnx.ModelProto:
     rng = np.random.default_rng(6)
+    reader = (4, 1, 3, 3) if depthwise else (4, 4, 1, 1)
     inits = [
         numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-        for n, s in (("w1", (4, 3, 1, 1)), ("w2", (4, 4, 1, 1)), ("lo", ()), ("hi", ()))
+        for n, s in (("w1", (4, 3, 1, 1)), ("w2", reader))
+    ] + [
+        numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", low), ("hi", high))
     ]
-    for activation in ("Relu", "Clip"):
-        inputs = ["a", "lo", "hi"] if activation == "Clip" else ["a"]
-        nodes = [
-            helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
-            helper.make_node(activation, inputs, ["b"], name="act"),
-            helper.make_node("Conv", ["b", "w2"], ["y"], name="c2"),
-        ]
-        model = _model(nodes, inits)
-        ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
-        found = usable(find_scale_groups(model, ranks))
-        assert bool(found) == (activation == "Relu")
+    inits[0] = numpy_helper.from_array(  # channels of unequal ranges
+        numpy_helper.to_array(inits[0]) * np.float32([2.0, 0.5, 0.1, 1.0])[:, None, None, None], "w1"
+    )
+    inputs = ["a", "lo", "hi"] if activation == "Clip" else ["a"]
+    attrs = {"group": 4, "pads": [1, 1, 1, 1]} if depthwise else {}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node(activation, inputs, ["b"], name="act"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], name="c2", **attrs),
+    ]
+    return _model(nodes, inits)
+
+
+@pytest.mark.parametrize(
+    ("activation", "low", "high", "grouped"),
+    [("Relu", 0, 0, True), ("Clip", 0, 6, True), ("Clip", -1, 6, False), ("Clip", 0, 0, False)],
+)
+def test_only_relu_like_activations_carry_a_scale_group(activation, low, high, grouped):
+    model = _conv_act_conv(activation, low, high, depthwise=False)
+    ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
+    found = usable(find_scale_groups(model, ranks))
+    assert bool(found) == grouped
+    assert [g.clipped for g in found] == ([["b"]] if grouped and activation == "Clip" else [[]] * grouped)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_equalizing_through_relu6_grows_channels_and_keeps_the_function(depthwise):
+    model = _conv_act_conv("Clip", 0, 2.0, depthwise)  # a bound the data crosses
+    feed = {"x": np.random.default_rng(8).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    session = make_session(model)
+    before = session.run(None, feed)[0]
+    clipped = make_session(_with_output(model, "b")).run(["b"], feed)[0]
+    peaks = clipped.max(axis=(0, 2, 3))
+    ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
+    (group,) = usable(find_scale_groups(model, ranks))
+    factors = clipped_factors(group, peaks)
+    assert np.all(factors <= 1) and np.all(peaks / factors <= peaks.max() * (1 + 1e-6))
+    assert factors.min() < 0.9  # channels really grow
+    equalized = onnx.ModelProto()
+    equalized.CopyFrom(model)
+    Rescaler(equalized).apply(group, factors)
+    grown = make_session(_with_output(equalized, "b")).run(["b"], feed)[0]
+    np.testing.assert_allclose(grown.max(axis=(0, 2, 3)), peaks / factors, rtol=1e-5)
+    after = make_session(equalized).run(None, feed)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5 * np.abs(before).max())
+
+
+def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    extended = onnx.ModelProto()
+    extended.CopyFrom(model)
+    extended.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return extended
 
 
 def test_data_movement_shares_parameters_between_int8_ops():

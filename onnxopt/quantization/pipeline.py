@@ -27,6 +27,7 @@ from onnxopt.quantization.bias_correction import CORRECTED_OPS, measure_shift
 from onnxopt.quantization.build import build_qdq
 from onnxopt.quantization.equalize import (
     Rescaler,
+    clipped_factors,
     equalization_factors,
     find_scale_groups,
     usable,
@@ -170,6 +171,7 @@ class QuantRun:
             if not self._rescales_frozen(model, g)
         ]
         self.stats["equalized_groups"] = len(groups)
+        self.stats["equalized_through_clip"] = sum(1 for g in groups if g.clipped)
         if not groups:
             return model
         axes = {t: g.axis for g in groups for t in g.tensors}
@@ -178,8 +180,12 @@ class QuantRun:
         equalized.CopyFrom(model)
         rescaler = Rescaler(equalized)
         for group in groups:
-            activation = np.max([peaks[t] for t in group.tensors], axis=0)
-            factors = equalization_factors(group, activation, rescaler.consumer_peaks(group))
+            if group.clipped:
+                clipped = np.max([peaks[t] for t in group.clipped], axis=0)
+                factors = clipped_factors(group, clipped)
+            else:
+                activation = np.max([peaks[t] for t in group.tensors], axis=0)
+                factors = equalization_factors(group, activation, rescaler.consumer_peaks(group))
             rescaler.apply(group, factors)
         remove_dead_code(equalized)
         return equalized
