@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,19 +74,38 @@ def stream_tensors(
     max_samples: int | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Run `model` on each batch of `data` and yield (values of `tensors`, samples in the
-    batch), one batch at a time (graph inputs included); stops after `max_samples` samples."""
+    batch), one batch at a time (graph inputs included); stops after `max_samples` samples.
+
+    The next batch runs in a worker thread while the caller works on the current one (ONNX
+    Runtime releases the GIL): the caller's numpy work and the model's kernels share the cores
+    instead of taking turns. At most two batches of values are alive at once."""
     inputs = {i.name for i in model.graph.input}
     computed = [t for t in tensors if t not in inputs]
     options = session_options(spinning=False)
     session = make_session(expose_tensors(model, computed), provider, options=options)
-    samples = 0
-    for feed in data:
+
+    def values_of(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = dict(zip(computed, session.run(computed, feed), strict=True)) if computed else {}
         values.update({t: feed[t] for t in tensors if t in inputs})
-        rows = _rows(feed)
-        yield values, rows
-        del values
-        samples += rows
+        return values
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = None
+        for feed in _feeds_up_to(data, max_samples):
+            running = (worker.submit(values_of, feed), _rows(feed))
+            if pending is not None:
+                yield pending[0].result(), pending[1]
+            pending = running
+        if pending is not None:
+            yield pending[0].result(), pending[1]
+
+
+def _feeds_up_to(data: DataSource, max_samples: int | None) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of `data`, up to the one that reaches `max_samples` samples."""
+    samples = 0
+    for feed in data:
+        yield feed
+        samples += _rows(feed)
         if max_samples is not None and samples >= max_samples:
             return
 
