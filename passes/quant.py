@@ -10,9 +10,10 @@ met on the validation data.
 Activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
 symmetric int8, per output channel; biases: int32 with scale x_scale * w_scale. Relu/Clip after
 an int8 op are absorbed by its Q. On CPU an image stem (a Conv on a 3-channel image input) stays
-float: ORT's float kernel is faster there than its int8 one. Weights stored as codebooks by
-`share` stay codebooks, of int8 codes (see `onnxopt.quantization.shared`). Declines (model
-unchanged, reason in the report) a model that is already quantized or has nothing to quantize.
+float, and so does a few-channel depthwise conv after it: ORT's float kernels are faster there
+(see `onnxopt.quantization.stem`). Weights stored as codebooks by `share` stay codebooks, of int8
+codes (see `onnxopt.quantization.shared`). Declines (model unchanged, reason in the report) a
+model that is already quantized or has nothing to quantize.
 
     onnxopt optimize model.onnx --passes quant --calib data.npz -o model_int8.onnx
     onnxopt optimize model.onnx --passes "quant{target_top1=0.95}" --calib c.npz --val v.npz
@@ -77,7 +78,9 @@ class QuantOptions:
         4096, "histogram bins per tensor (percentile/entropy/mse)", low=512, high=65536
     )
     float_stem: bool = option(
-        True, "keep an image stem (3x3 Conv on an RGB graph input) float on cpu: faster there"
+        True,
+        "keep an image stem (3x3 Conv on an RGB graph input) and the depthwise block after it "
+        "float on cpu: faster there",
     )
     prepare: bool = option(True, "fold BatchNorm and constants (cleanup pass) before quantizing")
     min_cosine: float = option(

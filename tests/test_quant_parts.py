@@ -1,5 +1,6 @@
 """Building blocks of `quant`: streaming histograms, range selection, parameters, channel
-equalization, GPTQ rounding, and the plan's handling of data movement ops."""
+equalization, GPTQ rounding, and the plan's handling of data movement ops and of the float
+image stem's block."""
 
 from __future__ import annotations
 
@@ -149,7 +150,8 @@ def _conv_act_conv(activation: str, low: float, high: float, depthwise: bool) ->
         numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", low), ("hi", high))
     ]
     inits[0] = numpy_helper.from_array(  # channels of unequal ranges
-        numpy_helper.to_array(inits[0]) * np.float32([2.0, 0.5, 0.1, 1.0])[:, None, None, None], "w1"
+        numpy_helper.to_array(inits[0]) * np.float32([2.0, 0.5, 0.1, 1.0])[:, None, None, None],
+        "w1",
     )
     inputs = ["a", "lo", "hi"] if activation == "Clip" else ["a"]
     attrs = {"group": 4, "pads": [1, 1, 1, 1]} if depthwise else {}
@@ -170,7 +172,9 @@ def test_only_relu_like_activations_carry_a_scale_group(activation, low, high, g
     ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
     found = usable(find_scale_groups(model, ranks))
     assert bool(found) == grouped
-    assert [g.clipped for g in found] == ([["b"]] if grouped and activation == "Clip" else [[]] * grouped)
+    assert [g.clipped for g in found] == (
+        [["b"]] if grouped and activation == "Clip" else [[]] * grouped
+    )
 
 
 @pytest.mark.parametrize("depthwise", [False, True])
@@ -232,3 +236,76 @@ def _model(nodes, initializers) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+# --- the float stem block -----------------------------------------------------------------
+
+
+def stem_block_model(channels: int = 32, projected: int = 16, stem_output: bool = False):
+    """x (3x64x64) -> stem 3x3/2 -> ReLU6 -> depthwise 3x3 -> ReLU6 -> 1x1 projection -> 1x1
+    conv "next" (MobileNetV2's first block); `stem_output`: the stem's ReLU6 is an output too."""
+    rng = np.random.default_rng(9)
+    shapes = {
+        "w_stem": (channels, 3, 3, 3),
+        "w_dw": (channels, 1, 3, 3),
+        "w_proj": (projected, channels, 1, 1),
+        "w_next": (8, projected, 1, 1),
+    }
+    inits = [
+        numpy_helper.from_array((0.3 * rng.standard_normal(shape)).astype(np.float32), name)
+        for name, shape in shapes.items()
+    ]
+    inits += [
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "six"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_stem"], ["s"], name="stem", pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Clip", ["s", "zero", "six"], ["s6"], name="stem_relu6"),
+        helper.make_node("Conv", ["s6", "w_dw"], ["d"], name="dw", pads=[1] * 4, group=channels),
+        helper.make_node("Clip", ["d", "zero", "six"], ["d6"], name="dw_relu6"),
+        helper.make_node("Conv", ["d6", "w_proj"], ["p"], name="proj"),
+        helper.make_node("Conv", ["p", "w_next"], ["y"], name="next"),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 32, 32])]
+    if stem_output:
+        outputs.append(helper.make_tensor_value_info("s6", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "stem_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 64, 64])],
+        outputs,
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize(
+    ("channels", "projected", "stem_output", "floats", "boundary"),
+    [
+        (32, 16, False, {"stem", "dw"}, "d6"),  # MobileNetV2's first block
+        (64, 32, False, {"stem"}, "s6"),  # 64 channels: the int8 depthwise kernel is faster
+        (32, 16, True, {"stem"}, "s6"),  # the stem output is quantized for nobody else
+    ],
+)
+def test_float_stem_block_moves_the_boundary_to_the_cheaper_tensor(
+    channels, projected, stem_output, floats, boundary
+):
+    model = stem_block_model(channels, projected, stem_output)
+    dtypes = {name: TensorProto.FLOAT for name in ("x", "s", "s6", "d", "d6", "p", "y")}
+    plan = make_plan(model, dtypes, PlanConfig(float_stem=True))
+    assert set(plan.weighted) == {"stem", "dw", "proj", "next"} - floats
+    # quantized tensors: the boundary, the int8 convs' outputs and the int8 depthwise's input
+    assert set(plan.roots) == {boundary, "p", "y"} | ({"d6"} if "dw" not in floats else set())
+    reasons = " | ".join(plan.skipped)
+    assert ("depthwise conv of 32 channels reading the float image stem 'stem'" in reasons) == (
+        "dw" in floats
+    )
+
+
+@pytest.mark.parametrize("config", [PlanConfig(), PlanConfig(provider="cuda", float_stem=True)])
+def test_stem_block_runs_int8_without_float_stem_or_off_cpu(config):
+    model = stem_block_model()
+    dtypes = {name: TensorProto.FLOAT for name in ("x", "s", "s6", "d", "d6", "p", "y")}
+    plan = make_plan(model, dtypes, config)
+    assert set(plan.weighted) == {"stem", "dw", "proj", "next"}

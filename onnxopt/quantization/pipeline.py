@@ -48,7 +48,8 @@ EQUALIZE_SAMPLES = 32
 GPTQ_SAMPLES = 128
 """Channel peaks for equalization and GPTQ's input moments come from the first samples only: on
 MobileNetV2 (300 calibration, 1200 agreement crops) 32 instead of 128 and 128 instead of 256
-samples left the output cosine at 0.9963 (+-0.00005); calibration main-thread CPU time 7.7 -> 5.5 s."""
+samples left the output cosine at 0.9963 (+-0.00005); calibration main-thread CPU time went from
+7.7 to 5.5 s."""
 GPTQ_ROWS = RowBudget(samples=GPTQ_SAMPLES, rows_per_column=128, min_rows=8192)
 """Input rows per layer entering GPTQ's H, taken evenly from every sample: 128 per weight column,
 at least 8192. GPTQ's own setup (128 sequences x 2048 tokens) gives its widest layers 21 or fewer

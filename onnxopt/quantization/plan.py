@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxopt.ir.graph import GraphIndex, default_opset, is_onnx_domain, node_attr
+from onnxopt.quantization import stem
 from onnxopt.quantization.rules import ACTIVATION_OPS, RULES, OpRule, weight_axis
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -29,7 +30,7 @@ class PlanConfig:
     exclude: tuple[str, ...] = ()
     keep_float: tuple[str, ...] = ()  # exact node names (accuracy-aware fallback)
     absorb_activations: bool = True  # False for symmetric activations: their Q cannot clamp at 0
-    float_stem: bool = False  # keep an image stem float (see `stem_refusal`)
+    float_stem: bool = False  # keep an image stem and its block float (see `stem`)
 
 
 @dataclass
@@ -79,11 +80,12 @@ def make_plan(model: onnx.ModelProto, dtypes: dict[str, int], config: PlanConfig
     opset = default_opset(model)
     plan = Plan()
     candidates: dict[str, onnx.NodeProto] = {}
+    stem_kept: dict[str, str] = {}
     for node in graph.node:
         rule = RULES.get(node.op_type) if is_onnx_domain(node) else None
         if rule is None:
             continue
-        reason = _refusal(node, rule, index, dtypes, config, opset)
+        reason = _refusal(node, rule, index, dtypes, config, opset, stem_kept)
         if node.name in config.keep_float or excluded(node, config.exclude):
             plan.kept_float.add(node.name)
         if reason is not None:
@@ -118,7 +120,7 @@ def activation_inputs(node: onnx.NodeProto, rule: OpRule, index: GraphIndex) -> 
     return [node.input[i] for i in indices if i < len(node.input) and node.input[i]]
 
 
-def _refusal(node, rule, index, dtypes, config, opset) -> str | None:
+def _refusal(node, rule, index, dtypes, config, opset, stem_kept) -> str | None:
     if excluded(node, config.exclude):
         return "excluded by the exclude option"
     if node.name in config.keep_float:
@@ -140,46 +142,23 @@ def _refusal(node, rule, index, dtypes, config, opset) -> str | None:
         if dtypes.get(name) != FLOAT:
             return f"input '{name}' is not float32"
     if rule.kind == "weighted":
-        return _weighted_refusal(node, index, config) or stem_refusal(node, index, config)
+        return _weighted_refusal(node, index, config) or _stem_refusal(
+            node, index, config, stem_kept
+        )
     return None
 
 
-STEM_MAX_PATCH = 32
-STEM_MIN_SIZE = 32
-
-
-def stem_refusal(node: onnx.NodeProto, index: GraphIndex, config: PlanConfig) -> str | None:
-    """Why an image stem stays float, or None. Such a stem is a Conv reading a graph input of at
-    least STEM_MIN_SIZE pixels a side (or dynamic sizes) with patches of at most STEM_MAX_PATCH
-    values (3x3 over RGB: 27). ORT's int8 conv on CPU is an NHWC im2col GEMM whose inner size is
-    the patch length, and it needs the input quantized and transposed first: for MobileNetV2's
-    stem that is 365 + 68 us against 232 us for the float kernel, and the whole model runs 5-10 %
-    faster with the stem float (a 32x32 CNN at batch 8: 9 %). A 7x7 ResNet stem (patch 147) is
-    the other way round: its model runs 1.6x slower with that stem float. On tiny inputs (8x8
-    digits) both are equally fast: such a stem stays int8."""
-    if not config.float_stem or config.provider != "cpu" or node.op_type != "Conv":
+def _stem_refusal(node, index, config: PlanConfig, kept: dict[str, str]) -> str | None:
+    """Why a conv at the start of an image model stays float on cpu (see `stem`), or None;
+    `kept` collects the nodes so kept, in graph order."""
+    if not config.float_stem or config.provider != "cpu":
         return None
-    shape = _input_shape(index.graph, node.input[0])
-    weight = index.constant(node.input[1])
-    if shape is None or weight is None or weight.ndim < 3:
-        return None
-    patch = int(np.prod(weight.shape[1:]))
-    sizes = [d for d in shape[2:] if isinstance(d, int)]
-    if patch > STEM_MAX_PATCH or any(d < STEM_MIN_SIZE for d in sizes):
-        return None
-    return (
-        f"image stem (patches of {patch} values from graph input '{node.input[0]}'): ORT's "
-        "float kernel is faster on cpu (option float_stem)"
-    )
-
-
-def _input_shape(graph: onnx.GraphProto, name: str) -> list[int | str] | None:
-    """The declared dims of graph input `name` (None if it is not a graph input)."""
-    for value in graph.input:
-        if value.name == name:
-            dims = value.type.tensor_type.shape.dim
-            return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-    return None
+    reason = stem.stem_block(node, index, kept)
+    if reason is None:
+        reason = stem.image_stem(node, index)
+        if reason is not None:
+            kept[node.name] = "stem"
+    return reason
 
 
 def _weighted_refusal(node, index, config) -> str | None:
