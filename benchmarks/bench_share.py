@@ -63,13 +63,17 @@ def logits(path: Path, images: np.ndarray) -> np.ndarray:
     )
 
 
-def load_seconds(path: Path, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        make_session(str(path), options=session_options(threads=2))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def load_ratios(base: Path, paths: list[Path], rounds: int = 11) -> list[float]:
+    """Median session-creation time of each model over fp32's, timed interleaved: the
+    machine's load drifts over the minutes a model-by-model timing takes."""
+    times: dict[Path, list[float]] = {path: [] for path in (base, *paths)}
+    for _ in range(rounds):
+        for path, taken in times.items():
+            start = time.perf_counter()
+            make_session(str(path), options=session_options(threads=2))
+            taken.append(time.perf_counter() - start)
+    base_time = np.median(times[base])
+    return [float(np.median(times[path]) / base_time) for path in paths]
 
 
 def main() -> None:
@@ -119,10 +123,10 @@ def main() -> None:
         settings=BenchSettings(threads=2, runs=60, memory=False),
         data=[{"input": images[:1]}],
     )
-    base_load = load_seconds(base)
-    for row, bench, path in zip(rows, report.models[1:], paths, strict=True):
+    loads = load_ratios(base, paths)
+    for row, bench, load in zip(rows, report.models[1:], loads, strict=True):
         row.latency_ratio = bench.ratio
-        row.load_ratio = load_seconds(path) / base_load
+        row.load_ratio = load
     write_section(
         table(rows, base.stat().st_size, len(gzip.compress(base.read_bytes(), 6)), val_n, calib_n)
     )
@@ -134,8 +138,8 @@ def table(rows: list[Row], base_size: int, base_gzip: int, val_n: int, calib_n: 
         f"(gzip {base_gzip / 1e6:.2f} MB); {calib_n} calibration crops, agreement on {val_n} "
         "held-out crops; `python -m benchmarks.bench_share`. Latency: the model's over fp32's, "
         "timed interleaved in one process (1.00x = the same, below 1 = faster); load time: "
-        "median of 5 `InferenceSession` creations over fp32's (ONNX Runtime folds the codebook "
-        "decoders there).",
+        "median of 11 interleaved `InferenceSession` creations over fp32's (ONNX Runtime folds "
+        "the codebook decoders there).",
         "",
         "| config | pipeline | file | smaller | gzip smaller | top-1 agreement | cosine "
         "| latency vs fp32 | load time vs fp32 | optimize time |",

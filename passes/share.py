@@ -7,12 +7,12 @@ stored once, and a 2-D constant that is the transpose of another becomes a Trans
 With `bits` (every weight gets 2**bits shared values) or `target_ratio` (the file this many
 times smaller; bits and codebook granularity chosen per weight by a greedy allocation on each
 layer's measured error per byte), each weight becomes a codebook plus packed indices, decoded in
-the graph by standard ops (Gather/GatherElements) that ONNX Runtime folds at session load:
-inference speed and memory are those of the unshared model, the file is smaller. Codebooks are
-per tensor, or per output channel where that pays for its extra centroids. With calibration
-data (the default when given) each codebook minimizes its layer's output error on real inputs:
-k-means weighted by the input second moments, GPTQ-style assignment with error feedback and a
-least-squares refit of the centroids.
+the graph by standard ops (BitShift, Cast, GatherElements) that ONNX Runtime folds at session
+load: inference speed and memory are those of the unshared model, the file is smaller.
+Codebooks are per tensor, or per output channel where that pays for its extra centroids. With
+calibration data (the default when given) each codebook minimizes its layer's output error on
+real inputs: k-means weighted by the input second moments, GPTQ-style assignment with error
+feedback and a least-squares refit of the centroids.
 
 Refuses: codebooks on opset < 11 (the decoder needs BitShift and GatherElements). Leaves alone,
 with the reason in the report: tensors below `min_elements`, tensors read as anything but a

@@ -12,7 +12,7 @@ from onnxopt import api
 from onnxopt.analyses.codebooks import find_decoders
 from onnxopt.ir.graph import Names
 from onnxopt.sharing.bitpack import pack, packed_bytes, unpack
-from onnxopt.sharing.codebook import Codebook, channel_view, emit_decoder
+from onnxopt.sharing.codebook import Codebook, emit_decoder
 from onnxopt.sharing.kmeans import kmeans_rows, nearest
 from tests.conftest import ort_outputs, run_cli
 
@@ -44,6 +44,12 @@ def test_bitpack_round_trips_and_costs_exactly_bits_per_index(bits, count):
     assert packed_bytes(count, bits) <= -(-count * bits // 8) + 3
 
 
+def test_bitpack_planes_are_planar_field_j_of_byte_i_is_value_j_times_bytes_plus_i():
+    (plane,) = pack(np.arange(8) % 4, 2)  # 8 values, 4 per byte: 2 bytes
+    fields = [[(byte >> (6 - 2 * j)) & 3 for byte in plane.packed] for j in range(4)]
+    assert fields == [[0, 1], [2, 3], [0, 1], [2, 3]]
+
+
 def test_kmeans_is_exact_with_few_distinct_values_and_labels_are_nearest():
     rng = np.random.default_rng(0)
     few = np.round(rng.standard_normal((4, 60)))
@@ -66,12 +72,15 @@ def test_kmeans_weights_pull_centroids_towards_important_values():
     assert abs(weighted[0, 1] - 5.1) < 0.05
 
 
-@pytest.mark.parametrize("axis", [None, 0, 1])
-def test_decoder_reproduces_the_codebook_and_ort_folds_it_at_load(axis, tmp_path):
+LAYOUTS = [("tensor", 0), ("channel", 0), ("channel", 1), ("scaled", 0), ("scaled", 1)]
+"""(codebook layout, 0 for the first axis or 1 for the last): see `_random_book`."""
+
+
+@pytest.mark.parametrize(("layout", "axis"), LAYOUTS)
+def test_decoder_reproduces_the_codebook_and_ort_folds_it_at_load(layout, axis, tmp_path):
     rng = np.random.default_rng(1)
     weight = rng.standard_normal((48, 40)).astype(np.float32)
-    centroids, labels = kmeans_rows(channel_view(weight, axis), None, 8)
-    book = Codebook(weight.shape, centroids.astype(np.float32), labels, 3, axis)
+    book = _random_book(rng, weight.shape, 3, layout, axis)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["y"])],
         "g",
@@ -84,9 +93,105 @@ def test_decoder_reproduces_the_codebook_and_ort_folds_it_at_load(axis, tmp_path
     onnx.checker.check_model(model, full_check=True)
     x = rng.standard_normal((2, 48)).astype(np.float32)
     (y,) = ort_outputs(model, {"x": x})
-    np.testing.assert_allclose(y, x @ book.decoded(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, x @ _lookup(book), rtol=1e-5, atol=1e-5)
     assert _optimized_ops(model, tmp_path) == ["MatMul"]
     assert set(find_decoders(model.graph)) == {"W"}
+
+
+def _random_book(rng, shape, bits: int, layout: str, axis: int) -> Codebook:
+    """A codebook of `layout` (tensor, channel or scaled) with random values."""
+    axis = None if layout == "tensor" else (0 if axis == 0 else len(shape) - 1)
+    channels = 1 if axis is None else shape[axis]
+    labels = rng.integers(0, 1 << bits, (channels, int(np.prod(shape)) // channels))
+    if layout != "scaled":
+        centroids = rng.standard_normal((channels, 1 << bits)).astype(np.float32)
+        return Codebook(shape, centroids, labels, bits, axis)
+    centroids = rng.standard_normal((1, 1 << bits)).astype(np.float32)
+    scales = rng.uniform(0.01, 2.0, channels).astype(np.float32)
+    return Codebook(shape, centroids, labels, bits, axis, scales)
+
+
+def _lookup(book: Codebook) -> np.ndarray:
+    """The weight the codebook stands for, computed here independently of `Codebook`."""
+    rows = book.centroids if book.scales is None else book.scales[:, None] * book.centroids
+    rows = np.broadcast_to(rows, (book.labels.shape[0], rows.shape[1]))
+    values = np.take_along_axis(rows, book.labels, axis=1)
+    if book.axis not in (None, 0):
+        values = values.T
+    return values.reshape(book.shape)
+
+
+def _decoded(book: Codebook, opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [], "g", [], [helper.make_tensor_value_info("W", TensorProto.FLOAT, list(book.shape))]
+    )
+    graph.node.extend(emit_decoder(graph, Names(graph), "W", book, np.float32, opset=opset))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+    onnx.checker.check_model(model, full_check=True)  # uint8 Add only from opset 14
+    return model
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+@pytest.mark.parametrize("bits", [1, 3, 4, 7, 8])
+@pytest.mark.parametrize("shape", [(24, 10), (6, 5, 3, 3), (16, 12, 1, 1), (7, 3)])
+@pytest.mark.parametrize(("layout", "axis"), LAYOUTS)
+def test_decoded_weights_equal_the_codebook_lookup_exactly(layout, axis, shape, bits, opset):
+    """Every layout, single- and multi-plane widths, index counts that need padding (7 x 3),
+    uint8 (opset 17) and int32 (opset 11) plane sums; run unoptimized, so the decoder itself
+    computes the weight, and after ORT's load-time folding."""
+    book = _random_book(np.random.default_rng(bits * 7 + opset), shape, bits, layout, axis)
+    model = _decoded(book, opset)
+    for level in (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    ):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        np.testing.assert_array_equal(session.run(None, {})[0], _lookup(book))
+    gathers = [n for n in model.graph.node if "Gather" in n.op_type]
+    assert [n.op_type for n in gathers] == ["GatherElements"]  # Gather folds ~5x slower
+    decoder = find_decoders(model.graph)["W"]
+    assert len(decoder.nodes) == len(model.graph.node)
+
+
+def test_decoders_of_one_graph_share_their_small_constants():
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph([], "g", [], [])
+    names, shared = Names(graph), {}
+    added = []
+    for name in ("A", "B"):
+        book = _random_book(rng, (32, 16, 1, 1), 3, "scaled", 0)
+        before = len(graph.initializer)
+        graph.node.extend(
+            emit_decoder(graph, names, name, book, np.float32, opset=17, shared=shared)
+        )
+        added.append(len(graph.initializer) - before)
+    # the second decoder adds only its own values: two index planes, book and scales
+    assert added[1] == 4 < added[0]
+
+
+def test_quant_reads_bits_indices_and_values_back_from_a_scaled_decoder():
+    from onnxopt.quantization.shared import materialize
+
+    rng = np.random.default_rng(4)
+    book = _random_book(rng, (8, 6, 3, 3), 5, "scaled", 0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 3, 3])],
+    )
+    for position, node in enumerate(emit_decoder(graph, Names(graph), "W", book, np.float32)):
+        graph.node.insert(position, node)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    plain, (weight,) = materialize(model)
+    assert weight.bits == 5 and weight.readers == [("conv", 1)]
+    np.testing.assert_array_equal(weight.labels, book.labels.reshape(book.shape))
+    values = next(t for t in plain.graph.initializer if t.name == "W")
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(values), _lookup(book))
 
 
 # --- the pass on exported models ------------------------------------------------------------

@@ -3,9 +3,10 @@
 Also the views of a shared constant (see `compressed_tensors`).
 
 This is the form `share` writes (see `onnxopt.sharing.codebook`), recognized by structure, not
-by name: Gather(table, f(constants)) or GatherElements(table, f(constants)), optionally followed
-by a Mul by constant scales and a Reshape to the weight's shape. Constant folding must leave
-these alone (folding would undo the compression), and `quant` needs the decoded values and the
+by name: Gather(table, f(constants)) or GatherElements(table, f(constants)), the table a
+constant or a Mul of two constants (a book times per-channel scales), optionally followed by a
+Mul by constant scales and a Reshape to the weight's shape. Constant folding must leave these
+alone (folding would undo the compression), and `quant` needs the decoded values and the
 indices.
 """
 
@@ -25,7 +26,7 @@ MAX_DECODER_NODES = 64
 class Decoder:
     output: str  # the decoded weight
     nodes: list[onnx.NodeProto]  # every node of the decoder, in graph order
-    table: str  # the codebook constant
+    table: str  # the codebook: a constant, or computed by the first of `nodes`
     indices: str  # the gather's index tensor
     op_type: str  # Gather or GatherElements
     gather_axis: int
@@ -39,15 +40,13 @@ def find_decoders(graph: onnx.GraphProto) -> dict[str, Decoder]:
     for node in graph.node:
         if node.op_type not in ("Gather", "GatherElements") or not is_onnx_domain(node):
             continue
-        table = index.constant(node.input[0])
-        if table is None or (table.dtype.kind != "f" and table.dtype != np.int8):
-            continue
-        if index.is_constant(node.input[1]):
+        table_nodes = _table_nodes(index, node.input[0])
+        if table_nodes is None or index.is_constant(node.input[1]):
             continue
         closure = _constant_closure(index, node.input[1])
         if closure is None:
             continue
-        members = [*closure, node]
+        members = [*table_nodes, *closure, node]
         output = node.output[0]
         for op_type in ("Mul", "Reshape"):  # per-channel scales, then the weight's shape
             after = index.single_consumer(output)
@@ -84,6 +83,23 @@ def compressed_tensors(graph: onnx.GraphProto) -> set[str]:
         if len(index.consumers.get(source, [])) > 1 or source in index.graph_outputs:
             kept.update(node.output)
     return kept
+
+
+def _table_nodes(index: GraphIndex, tensor: str) -> list[onnx.NodeProto] | None:
+    """[] for a constant codebook table, [the Mul] for per-channel scales times a book, None
+    for anything else."""
+    if _is_book(index.constant(tensor)):
+        return []
+    node = index.producer.get(tensor)
+    if node is None or node.op_type != "Mul" or not is_onnx_domain(node):
+        return None
+    if all(_is_book(index.constant(name)) for name in node.input):
+        return [node]
+    return None
+
+
+def _is_book(value: np.ndarray | None) -> bool:
+    return value is not None and (value.dtype.kind == "f" or value.dtype == np.int8)
 
 
 def _constant_closure(index: GraphIndex, tensor: str) -> list[onnx.NodeProto] | None:

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx.reference import ReferenceEvaluator
+import onnxruntime as ort
 
 from onnxopt.analyses.codebooks import Decoder, find_decoders
-from onnxopt.ir.graph import GraphIndex, Names, make_tensor, node_attr
+from onnxopt.ir.graph import GraphIndex, Names, default_opset, make_tensor, node_attr
+from onnxopt.runtime import make_session, session_options
 from onnxopt.sharing.codebook import Codebook, channel_view, emit_decoder, supported_axis
 
 
@@ -45,8 +46,8 @@ def materialize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[SharedWei
     graph = plain.graph
     shared = []
     for decoder in decoders.values():
-        weight, indices = _evaluate(plain, decoder)
-        bits = _bits(GraphIndex(graph).initializers[decoder.table], decoder)
+        weight, indices, table = _evaluate(plain, decoder)
+        bits = _bits(table, decoder)
         for node in decoder.nodes:
             graph.node.remove(node)
         graph.initializer.append(make_tensor(decoder.output, weight))
@@ -67,6 +68,7 @@ def restore(model: onnx.ModelProto, shared: list[SharedWeight]) -> list[str]:
     index = GraphIndex(graph)
     names = Names(graph)
     nodes = {node.name: node for node in graph.node}
+    opset, constants = default_opset(model), {}
     decoders, reasons, done = [], [], set()
     for weight in shared:
         for reader, slot in weight.readers:
@@ -85,7 +87,11 @@ def restore(model: onnx.ModelProto, shared: list[SharedWeight]) -> list[str]:
                 )
                 continue
             graph.initializer.remove(index.initializers[stored])
-            decoders.extend(emit_decoder(graph, names, stored, book, values.dtype))
+            decoders.extend(
+                emit_decoder(
+                    graph, names, stored, book, values.dtype, opset=opset, shared=constants
+                )
+            )
     for position, node in enumerate(decoders):
         graph.node.insert(position, node)
     return reasons
@@ -126,23 +132,26 @@ def _stored_form(
     return dq.input[0], None if per_tensor else int(node_attr(dq, "axis", 1))
 
 
-def _evaluate(model: onnx.ModelProto, decoder: Decoder) -> tuple[np.ndarray, np.ndarray]:
-    """(decoded weight, gather indices) computed by the ONNX reference evaluator."""
+def _evaluate(
+    model: onnx.ModelProto, decoder: Decoder
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(decoded weight, gather indices, table) computed by ONNX Runtime, unoptimized (the ONNX
+    reference evaluator's GatherElements fails on a table narrower than its indices)."""
     index = GraphIndex(model.graph)
     needed = {x for node in decoder.nodes for x in node.input if x}
     produced = {x for node in decoder.nodes for x in node.output}
     constants = [make_tensor(name, index.constant(name)) for name in sorted(needed - produced)]
-    outputs = [
-        onnx.helper.make_empty_tensor_value_info(n) for n in (decoder.output, decoder.indices)
-    ]
+    computed = (decoder.output, decoder.indices, decoder.table)
+    outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in computed]
     graph = onnx.helper.make_graph(list(decoder.nodes), "decoder", [], outputs, constants)
     sub = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
     sub.ir_version = model.ir_version
-    weight, indices = ReferenceEvaluator(sub).run(None, {})
-    return np.asarray(weight), np.asarray(indices)
+    options = session_options(optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    weight, indices, table = make_session(sub, options=options).run(list(computed), {})
+    return np.asarray(weight), np.asarray(indices), np.asarray(table)
 
 
-def _bits(table: onnx.TensorProto, decoder: Decoder) -> int:
-    """Index width of a decoder: a 1-D table for Gather; (channels, k) or (k, channels)."""
-    entries = table.dims[decoder.gather_axis] if len(table.dims) > 1 else table.dims[0]
+def _bits(table: np.ndarray, decoder: Decoder) -> int:
+    """Index width of a decoder: a 1-D table for Gather, else entries along the gather axis."""
+    entries = table.shape[decoder.gather_axis] if table.ndim > 1 else table.shape[0]
     return max(1, int(np.ceil(np.log2(max(entries, 2)))))

@@ -12,7 +12,7 @@ from onnxopt.analyses.input_moments import input_hessians
 from onnxopt.analyses.weights import Weight, find_weights
 from onnxopt.data import DataSource
 from onnxopt.ir.edit import remove_dead_code
-from onnxopt.ir.graph import GraphIndex, Names, replace_constant
+from onnxopt.ir.graph import GraphIndex, Names, default_opset, replace_constant
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.quantization.fallback import Evaluator
 from onnxopt.sharing.allocate import Candidate, allocate
@@ -273,6 +273,7 @@ def replace_with_decoders(model: onnx.ModelProto, encoded: list[Encoded]) -> Non
     graph = model.graph
     index = GraphIndex(graph)
     names = Names(graph)
+    opset, constants = default_opset(model), {}
     decoders: list[onnx.NodeProto] = []
     for item in encoded:
         name = item.weight.tensor
@@ -281,7 +282,10 @@ def replace_with_decoders(model: onnx.ModelProto, encoded: list[Encoded]) -> Non
         else:
             graph.node.remove(index.producer[name])
         dtype = item.weight.value.dtype
-        decoders.extend(emit_decoder(graph, names, name, item.fitted.book, dtype))
+        book = item.fitted.book
+        decoders.extend(
+            emit_decoder(graph, names, name, book, dtype, opset=opset, shared=constants)
+        )
     for position, node in enumerate(decoders):
         graph.node.insert(position, node)
 
