@@ -173,11 +173,12 @@ def test_decoders_of_one_graph_share_their_small_constants():
     assert added[1] == 4 < added[0]
 
 
-def test_quant_reads_bits_indices_and_values_back_from_a_scaled_decoder():
+@pytest.mark.parametrize("bits", [5, 8])  # 8: a table wider than a channel's 54 indices
+def test_quant_reads_bits_indices_and_values_back_from_a_scaled_decoder(bits):
     from onnxopt.quantization.shared import materialize
 
     rng = np.random.default_rng(4)
-    book = _random_book(rng, (8, 6, 3, 3), 5, "scaled", 0)
+    book = _random_book(rng, (8, 6, 3, 3), bits, "scaled", 0)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")],
         "g",
@@ -188,7 +189,7 @@ def test_quant_reads_bits_indices_and_values_back_from_a_scaled_decoder():
         graph.node.insert(position, node)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     plain, (weight,) = materialize(model)
-    assert weight.bits == 5 and weight.readers == [("conv", 1)]
+    assert weight.bits == bits and weight.readers == [("conv", 1)]
     np.testing.assert_array_equal(weight.labels, book.labels.reshape(book.shape))
     values = next(t for t in plain.graph.initializer if t.name == "W")
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(values), _lookup(book))

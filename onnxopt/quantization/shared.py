@@ -136,7 +136,7 @@ def _evaluate(
     model: onnx.ModelProto, decoder: Decoder
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(decoded weight, gather indices, table) computed by ONNX Runtime, unoptimized (the ONNX
-    reference evaluator's GatherElements fails on a table narrower than its indices)."""
+    reference evaluator's GatherElements fails on a table wider than its indices)."""
     index = GraphIndex(model.graph)
     needed = {x for node in decoder.nodes for x in node.input if x}
     produced = {x for node in decoder.nodes for x in node.output}
