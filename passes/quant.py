@@ -37,7 +37,7 @@ from onnxopt.ir.graph import default_opset
 from onnxopt.ir.qdq import ensure_node_names
 from onnxopt.quantization import pipeline
 from onnxopt.quantization.rules import QUANTIZED_OP_TYPES
-from onnxopt.quantization.shared import materialize, restore
+from onnxopt.quantization.shared import materialize, restore, weight_peaks, weights_read
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,11 @@ class QuantPass(Pass):
         run = pipeline.QuantRun(self.options, ctx, data)
         ensure_node_names(model.graph)
         model, shared = materialize(model)
-        run.frozen = frozenset(w.tensor for w in shared)
         if self.options.prepare:
             model = self._prepare(model, ctx, run)
+        read = weights_read(model, shared)
+        run.frozen = frozenset(read)
+        run.weight_peaks = weight_peaks(model, read)
         quantized = run.quantize(model)
         if quantized is None:
             return PassResult(model, False, run.stats, run.skipped)

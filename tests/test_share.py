@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 from onnxopt import api
 from onnxopt.analyses.codebooks import find_decoders
 from onnxopt.ir.graph import Names
+from onnxopt.quantization.shared import evaluate_decoder
 from onnxopt.sharing.bitpack import pack, packed_bytes, unpack
 from onnxopt.sharing.codebook import Codebook, emit_decoder
 from onnxopt.sharing.kmeans import kmeans_rows, nearest
@@ -364,26 +365,30 @@ def test_constants_read_as_non_weights_are_left_alone(tmp_path):
     assert any("'B'" in reason and "Add" in reason for reason in result.report.passes[0].skipped)
 
 
-def test_share_then_quant_keeps_int8_codebooks_that_ort_fuses(digits_model, digits_calib, tmp_path):
+@pytest.mark.parametrize("first", ["cleanup,", ""], ids=["folded", "bn-folded-by-quant"])
+def test_share_then_quant_keeps_int8_codebooks_that_ort_fuses(
+    first, digits_model, digits_calib, tmp_path
+):
+    """Without cleanup first, quant's own preparation folds BatchNorm into the shared weights
+    (renaming them): they must still skip GPTQ and stay codebooks."""
     out = tmp_path / "sq.onnx"
     result = api.optimize(
         digits_model,
         out,
-        passes="cleanup,share{bits=4},quant",
+        passes=f"{first}share{{bits=4}},quant",
         calib=digits_calib,
         val=digits_model.parent / "digits_val.npz",
     )
-    quant = result.report.passes[2]
-    assert quant.stats["codebook_weights"] >= 1
+    quant = result.report.passes[-1]
+    assert not [reason for reason in quant.skipped if "stored plain" in reason]
     model = onnx.load(out)
     decoders = find_decoders(model.graph)
-    assert decoders and all(
-        onnx.numpy_helper.to_array(
-            next(t for t in model.graph.initializer if t.name == d.table)
-        ).dtype
-        == np.int8
-        for d in decoders.values()
-    )
+    assert len(decoders) == quant.stats["codebook_weights"] == 4
+    tables = [evaluate_decoder(model, d)[2] for d in decoders.values()]
+    assert all(table.dtype == np.int8 for table in tables)
+    # the three convolutions' books, one normalized book times channel scales, give every
+    # output channel the same int8 codes: one 16-entry book each
+    assert sorted(table.shape for table in tables)[:3] == [(1, 16)] * 3
     ops = _optimized_ops(model, tmp_path)
     assert "QLinearConv" in ops and not {"Gather", "GatherElements"} & set(ops)
     quant_only = tmp_path / "q.onnx"

@@ -28,6 +28,7 @@ class Decoder:
     nodes: list[onnx.NodeProto]  # every node of the decoder, in graph order
     table: str  # the codebook: a constant, or computed by the first of `nodes`
     indices: str  # the gather's index tensor
+    gathered: str  # the gather's output
     op_type: str  # Gather or GatherElements
     gather_axis: int
 
@@ -59,7 +60,7 @@ def find_decoders(graph: onnx.GraphProto) -> dict[str, Decoder]:
         members.sort(key=lambda n: order[id(n)])
         axis = int(node_attr(node, "axis", 0))
         decoders[output] = Decoder(
-            output, members, node.input[0], node.input[1], node.op_type, axis
+            output, members, node.input[0], node.input[1], node.output[0], node.op_type, axis
         )
     return decoders
 

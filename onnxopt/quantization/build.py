@@ -43,12 +43,14 @@ def build_qdq(
     bias_offsets: dict[str, np.ndarray] | None = None,
     hessians: dict[str, np.ndarray] | None = None,
     rounded: dict | None = None,
+    weight_peaks: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, BuildResult]:
     """A QDQ copy of `model`; `params` maps each root tensor to its parameters.
 
     `bias_offsets` (node name -> per-channel values) are added to the float bias before it is
     quantized (bias correction). Layers with an input second moment in `hessians` are rounded
-    with GPTQ instead of to nearest; `rounded` caches those codes across calls.
+    with GPTQ instead of to nearest; `rounded` caches those codes across calls. A weight in
+    `weight_peaks` takes its scales from those magnitudes (>= its own) instead of its values.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -124,6 +126,7 @@ def build_qdq(
                     params,
                     offset,
                     (hessian, rounded),
+                    (weight_peaks or {}).get(weighted.weight),
                     result,
                 )
             )
@@ -176,13 +179,13 @@ def _rename_output(index: GraphIndex, tensor: str, new: str) -> str:
 
 
 def _quantize_weights(
-    graph, index, names, node, weighted: WeightedNode, plan, params, offset, rounding, result
+    graph, index, names, node, weighted: WeightedNode, plan, params, offset, rounding, peaks, result
 ):
     """Replace the node's weight (and bias) by int8 (int32) initializers behind a DQ."""
     x_scale = params[plan.root(weighted.input)].scale
     weight = index.constant(weighted.weight)
     axis = weighted.axis
-    scales = weight_scales(weight, axis)
+    scales = weight_scales(weight if peaks is None else peaks, axis)
     bias = _float_bias(node, index, weighted, weight, offset)
     if bias is not None:
         scales = bias_safe_scales(bias, x_scale, scales)

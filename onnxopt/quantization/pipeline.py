@@ -124,6 +124,7 @@ class QuantRun:
         self.offsets: dict[str, np.ndarray] = {}
         self.rounded: dict = {}
         self.frozen: frozenset[str] = frozenset()  # codebook weights: no GPTQ, no input rescaling
+        self.weight_peaks: dict[str, np.ndarray] = {}  # see `shared.weight_peaks`
 
     def quantize(self, model: onnx.ModelProto) -> onnx.ModelProto | None:
         """The QDQ version of the prepared float `model`, or None if nothing is quantizable."""
@@ -226,7 +227,7 @@ class QuantRun:
         calibrator.ensure(plan.calibration_tensors())
         params = self.params(plan, calibrator)
         quantized, result = build_qdq(
-            model, plan, params, self.offsets, self.hessians, self.rounded
+            model, plan, params, self.offsets, self.hessians, self.rounded, self.weight_peaks
         )
         self.stats["quantize_nodes"] = result.quantize_nodes
         self.stats["dequantize_nodes"] = result.dequantize_nodes
