@@ -199,6 +199,46 @@ def test_equalizing_through_relu6_grows_channels_and_keeps_the_function(depthwis
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5 * np.abs(before).max())
 
 
+@pytest.mark.parametrize("pooled", [True, False])
+def test_classifier_group_runs_through_global_pool_and_flatten(pooled):
+    """Conv -> ReLU6 -> GlobalAveragePool -> Flatten -> Gemm (a CNN's head) is one group;
+    a Flatten of spatial positions mixes channels into features and blocks it."""
+    rng = np.random.default_rng(11)
+    channels, features = 4, 4 * (1 if pooled else 64)
+    scales = np.float32([3.0, 0.5, 0.1, 1.0])[:, None, None, None]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32) * scales, "w1"),
+        numpy_helper.from_array(rng.standard_normal((5, features)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b2"),
+        numpy_helper.from_array(np.float32(0), "lo"),
+        numpy_helper.from_array(np.float32(6), "hi"),
+    ]
+    pool = [helper.make_node("GlobalAveragePool", ["b"], ["p"], name="pool")] if pooled else []
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("Clip", ["a", "lo", "hi"], ["b"], name="act"),
+        *pool,
+        helper.make_node("Flatten", ["p" if pooled else "b"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], name="fc", transB=1),
+    ]
+    model = _model(nodes, inits)
+    ranks = {k: len(v) for k, v in infer_shapes(model).shapes.items() if v is not None}
+    found = usable(find_scale_groups(model, ranks))
+    if not pooled:
+        assert found == []
+        return
+    (group,) = found
+    assert group.consumers == [("fc", "gemm_t")] and "f" in group.tensors
+    feed = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    before = make_session(model).run(None, feed)[0]
+    peaks = make_session(_with_output(model, "b")).run(["b"], feed)[0].max(axis=(0, 2, 3))
+    equalized = onnx.ModelProto()
+    equalized.CopyFrom(model)
+    Rescaler(equalized).apply(group, clipped_factors(group, peaks))
+    after = make_session(equalized).run(None, feed)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5 * np.abs(before).max())
+
+
 def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     extended = onnx.ModelProto()
     extended.CopyFrom(model)

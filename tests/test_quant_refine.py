@@ -190,6 +190,44 @@ def test_node_kept_float_between_int8_nodes_keeps_its_guard(convbnrelu_path):
     assert convs[1] in str(coverage.float_layers)
 
 
+def test_float_readers_of_a_float_stream_read_it_unrounded():
+    """Residual Adds kept float: the stream between them stays float (only the int8 convs
+    read it quantized), so it is not rounded again at every block."""
+    rng = np.random.default_rng(12)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3, n)
+        for n in ("w1", "w2", "w3")
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Add", ["x", "c1"], ["s1"], name="add1"),
+        helper.make_node("Conv", ["s1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["s1", "c2"], ["s2"], name="add2"),
+        helper.make_node("Conv", ["s2", "w3"], ["y"], name="conv3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stream",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = _quantize(model, exclude=["Add"], rounding="nearest", bias_correction=False)
+    nodes = {n.name: n for n in result.model.graph.node}
+    producers = {o: n.op_type for n in result.model.graph.node for o in n.output}
+    assert nodes["add1"].input[0] == "x"
+    assert nodes["add2"].input[0] == "s1"  # the float sum itself, not DQ(Q(s1))
+    assert producers[nodes["add2"].input[1]] == "DequantizeLinear"  # conv2 runs int8
+    assert producers[nodes["conv2"].input[0]] == "DequantizeLinear"
+    assert int8_coverage(result.model).kernels["QLinearConv"] == 3
+    feed = {"x": rng.standard_normal((1, 8, 6, 6)).astype(np.float32)}
+    reference = make_session(model).run(None, feed)[0].ravel()
+    got = make_session(result.model).run(None, feed)[0].ravel()
+    assert reference @ got / np.sqrt((reference @ reference) * (got @ got)) > 0.99
+
+
 def test_calibration_sessions_do_not_spin():
     options = session_options(spinning=False)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -85,8 +85,9 @@ def build_qdq(
             )
             after[source].append(q)
             result.quantize_nodes += 1
+        float_source = tensor not in plan.constants and not _runs_int8(index, plan, source)
         for user in index.consumers.get(tensor, []):
-            if user.name in fused:
+            if user.name in fused or (float_source and user.name not in plan.nodes):
                 continue
             for slot, name in enumerate(user.input):
                 if name != tensor:
@@ -148,6 +149,13 @@ def _feeds_from_kept_float(index: GraphIndex, plan: Plan, tensor: str) -> bool:
         and producer.name in plan.kept_float
         and _reads_quantized(producer, plan)
     )
+
+
+def _runs_int8(index: GraphIndex, plan: Plan, tensor: str) -> bool:
+    """Whether `tensor` is computed by an int8 node. A float node's output stays float for its
+    float readers (a residual stream through Adds kept float is not rounded at every block)."""
+    producer = index.producer.get(tensor)
+    return producer is not None and (producer.name in plan.nodes or producer.name in plan.fused)
 
 
 def _reads_quantized(node: onnx.NodeProto, plan: Plan) -> bool:

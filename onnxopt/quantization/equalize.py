@@ -42,7 +42,16 @@ CLIPPED_ALPHA = 0.75
 through Clip 90.4 % and 0.9938 (500 crops)."""
 MAX_FACTOR = 1e3
 PASSTHROUGH = frozenset(
-    {"Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "Identity", "Dropout"}
+    {
+        "Relu",
+        "LeakyRelu",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Identity",
+        "Dropout",
+    }
 )
 
 
@@ -144,6 +153,9 @@ def _visit(f: _Finder, node: onnx.NodeProto) -> None:
     if op in PASSTHROUGH and grouped == [node.input[0]]:
         f.join(node.output[0], node.input[0])
         return
+    if op == "Flatten" and grouped == [node.input[0]] and _flattens_pooled(f, node):
+        f.join(node.output[0], node.input[0])
+        return
     if op == "Clip" and grouped == [node.input[0]] and _relu_clip(f.index, node):
         f.join(node.output[0], node.input[0])
         f.group(node.output[0]).clipped.append(node.output[0])
@@ -198,6 +210,18 @@ def _relu_clip(index: GraphIndex, node: onnx.NodeProto) -> bool:
     return low == 0.0 and 0.0 < high < np.inf
 
 
+def _flattens_pooled(f: _Finder, node: onnx.NodeProto) -> bool:
+    """Whether a Flatten keeps channels on axis 1: it flattens from axis 1 a global pool's
+    (N, C, 1, ..., 1) output (the classifier input of most CNNs)."""
+    pool = f.index.producer.get(node.input[0])
+    return (
+        pool is not None
+        and pool.op_type in ("GlobalAveragePool", "GlobalMaxPool")
+        and node_attr(node, "axis", 1) == 1
+        and f.group(node.input[0]).axis == 1
+    )
+
+
 def _add_consumer(f: _Finder, node: onnx.NodeProto, role: str) -> None:
     group = f.group(node.input[0])
     wanted_axis = 1 if role in ("conv", "depthwise", "gemm", "gemm_t") else group.rank - 1
@@ -216,6 +240,8 @@ def _add(f: _Finder, node: onnx.NodeProto, grouped: list[str]) -> bool:
     slot = 1 if grouped[0] == node.input[0] else 0
     value = f.index.constant(node.input[slot])
     group = f.group(grouped[0])
+    if f.ranks.get(grouped[0]) != group.rank:  # a flattened member: constants are per rank
+        return False
     if value is None or not _per_channel(value.shape, group):
         return False
     group.constants.append((node.name, slot))
