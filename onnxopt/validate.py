@@ -168,12 +168,16 @@ def compare_runners(
     data: DataSource,
     *,
     limit_batches: int | None = None,
+    limit_samples: int | None = None,
 ) -> FidelityReport:
-    """Run both on every feed of `data` and accumulate per-output fidelity metrics."""
+    """Run both on every feed of `data` (up to the limits: the first batches holding
+    `limit_samples`) and accumulate per-output fidelity metrics."""
     accumulators = [_Accumulator(name) for name in output_names]
     samples = 0
     for index, feed in enumerate(data):
         if limit_batches is not None and index >= limit_batches:
+            break
+        if limit_samples is not None and samples >= limit_samples:
             break
         ref_outputs = reference(feed)
         cand_outputs = candidate(feed)
@@ -196,6 +200,7 @@ def compare_sessions(
     data: DataSource,
     *,
     limit_batches: int | None = None,
+    limit_samples: int | None = None,
 ) -> FidelityReport:
     """Compare outputs matched by name (by position, with a warning, if the names differ)."""
     names = [o.name for o in reference.get_outputs()]
@@ -206,6 +211,7 @@ def compare_sessions(
         names,
         data,
         limit_batches=limit_batches,
+        limit_samples=limit_samples,
     )
 
 

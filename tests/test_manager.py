@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -13,6 +14,7 @@ from onnxopt import api
 from onnxopt.infra import checks
 from onnxopt.infra.analysis import AnalysisCache
 from onnxopt.infra.errors import CheckFailed, PassCrashed, PassRefused
+from onnxopt.infra.manager import GATE_CALIBRATION_SAMPLES
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassResult
 from onnxopt.infra.pipeline import parse_pipeline
@@ -198,9 +200,9 @@ def test_one_changed_pass_reports_its_gate_fidelity_without_running_the_data_aga
     calls = []
     measure = checks.measure_fidelity
 
-    def counted(before, after, data):
+    def counted(before, after, data, limit_samples=None):
         calls.append((before, after))
-        return measure(before, after, data)
+        return measure(before, after, data, limit_samples)
 
     monkeypatch.setattr(checks, "measure_fidelity", counted)
     result = api.optimize(_relu_model(), passes="test-analysis{touch=true}")
@@ -214,3 +216,16 @@ def test_one_changed_pass_reports_its_gate_fidelity_without_running_the_data_aga
     )
     assert len(calls) == 3  # two gates, then the input model against the final one
     assert calls[-1][0] is calls[0][0] and calls[-1][1] is calls[1][1]
+
+
+def test_gates_use_all_validation_data_but_only_the_first_calibration_samples(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.standard_normal((200, 8)).astype(np.float32))
+    model = _relu_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "n"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "n"
+    data = tmp_path / "data.npz"
+    calibrated = api.optimize(model, passes="test-analysis{touch=true}", calib=data)
+    assert calibrated.report.passes[0].fidelity["samples"] == GATE_CALIBRATION_SAMPLES
+    validated = api.optimize(model, passes="test-analysis{touch=true}", calib=data, val=data)
+    assert validated.report.passes[0].fidelity["samples"] == 200

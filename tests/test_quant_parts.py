@@ -204,10 +204,12 @@ def test_classifier_group_runs_through_global_pool_and_flatten(pooled):
     """Conv -> ReLU6 -> GlobalAveragePool -> Flatten -> Gemm (a CNN's head) is one group;
     a Flatten of spatial positions mixes channels into features and blocks it."""
     rng = np.random.default_rng(11)
-    channels, features = 4, 4 * (1 if pooled else 64)
+    features = 4 if pooled else 4 * 64  # 4 channels, pooled or of 8x8 positions
     scales = np.float32([3.0, 0.5, 0.1, 1.0])[:, None, None, None]
     inits = [
-        numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32) * scales, "w1"),
+        numpy_helper.from_array(
+            rng.standard_normal((4, 3, 1, 1)).astype(np.float32) * scales, "w1"
+        ),
         numpy_helper.from_array(rng.standard_normal((5, features)).astype(np.float32), "w2"),
         numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b2"),
         numpy_helper.from_array(np.float32(0), "lo"),

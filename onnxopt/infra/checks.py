@@ -97,10 +97,13 @@ def fidelity_error(report: FidelityReport, expected: Fidelity) -> str | None:
 
 
 def measure_fidelity(
-    before: ort.InferenceSession, after: ort.InferenceSession, data: DataSource
+    before: ort.InferenceSession,
+    after: ort.InferenceSession,
+    data: DataSource,
+    limit_samples: int | None = None,
 ) -> tuple[FidelityReport | None, str | None]:
     try:
-        return compare_sessions(before, after, data), None
+        return compare_sessions(before, after, data, limit_samples=limit_samples), None
     except Exception as exc:  # a changed model can fail at run time in many ways
         return None, f"running the model failed: {_first_line(exc)}"
 
