@@ -38,6 +38,7 @@ CONFIGS = {
     "data-aware, 8 bits": f"share{{bits=8,{NO_ROLLBACK}}}",
     "target_ratio=6": f"share{{target_ratio=6,{NO_ROLLBACK}}}",
     "quant (int8, reference)": "quant",
+    "share 4 bits, quant": f"share{{bits=4,{NO_ROLLBACK}}},quant",
     "prune, share 4 bits, quant": f"prune,share{{bits=4,{NO_ROLLBACK}}},quant",
 }
 
