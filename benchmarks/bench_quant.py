@@ -48,7 +48,7 @@ ONNXOPT_CONFIGS = {
         "bias_correction": False,
         "rounding": "nearest",
     },
-    "onnxopt percentile, no bias correction": {"bias_correction": False},
+    "onnxopt percentile + bias correction": {"bias_correction": True},
     "onnxopt percentile, no CLE": {"equalize": False},
 }
 ORT_CONFIGS = {
@@ -381,7 +381,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--calib", type=int, default=300, help="MobileNetV2 calibration crops")
     parser.add_argument("--val", type=int, default=500, help="MobileNetV2 evaluation crops")
-    parser.add_argument("--runs", type=int, default=100, help="timed rounds per model")
+    parser.add_argument("--runs", type=int, default=300, help="timed rounds per model")
     parser.add_argument("--only", choices=("mobilenet", "digits", "transformer"))
     parser.add_argument("--no-ort", action="store_true", help="skip ORT quantize_static")
     args = parser.parse_args()
@@ -426,8 +426,11 @@ in one process, batch 1, 2 threads, {args.runs} rounds. Quantization time and pe
 quantizing child process (onnxopt: the whole `onnxopt optimize` run with its checks; ORT:
 `quant_pre_process` + `quantize_static`, both QDQ with per-channel int8 weights; calibration
 batches of 8 for onnxopt, 4 for ORT, whose histogram methods need equal batches).
-onnxopt defaults: percentile 99.99, uint8 activations, channel equalization, GPTQ rounding,
-bias correction. "int8 MACs": share of multiply-accumulates in ORT's int8 kernels.
+onnxopt defaults: percentile 99.99, uint8 activations, channel equalization, GPTQ rounding
+(bias correction is an option: with GPTQ it left cosine within 0.0001 and cost top-1 on two of
+three crop sets; on 1000 fresh crops, seed 5: 92.0 % with it, 93.2 % without). Its checks
+compare on the first 128 calibration samples. "int8 MACs": share of multiply-accumulates in
+ORT's int8 kernels.
 {NOTES}
 {body}"""
 

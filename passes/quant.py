@@ -3,9 +3,9 @@
 Steps: prepare (BatchNorm/constant folding via `cleanup`, node names), plan (which nodes run in
 int8, see `onnxopt.quantization.plan`), calibrate (streaming min/max or histograms of the
 planned tensors on the calibration data), fidelity techniques (channel equalization before
-calibration; GPTQ weight rounding and bias correction after), QDQ rewrite, then the accuracy-aware
-fallback that keeps the most sensitive layers in float until `target_cosine`/`target_top1` is
-met on the validation data.
+calibration; GPTQ weight rounding, and optionally bias correction, after), QDQ rewrite, then
+the accuracy-aware fallback that keeps the most sensitive layers in float until
+`target_cosine`/`target_top1` is met on the validation data.
 
 Activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
 symmetric int8, per output channel; biases: int32 with scale x_scale * w_scale. Relu/Clip after
@@ -63,7 +63,9 @@ class QuantOptions:
         "gptq", "weight rounding: to nearest, or GPTQ (error feedback on calibration data)"
     )
     bias_correction: bool = option(
-        True, "correct each layer's mean output shift from weight rounding (calibration data)"
+        False,
+        "correct each layer's mean output shift from weight rounding (calibration data); "
+        "off by default: GPTQ already fits each layer's outputs, mean included",
     )
     attention: bool = option(False, "also quantize MatMuls of two activations (attention scores)")
     exclude: tuple[str, ...] = option((), "node names (globs) or op types to keep in float")
