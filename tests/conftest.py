@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,3 +105,18 @@ def random_feed(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict[s
         shape = [d if isinstance(d, int) else batch for d in spec.shape]
         feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     return feed
+
+
+def float_model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
+    """A model of `nodes` with float32 inputs/outputs given as (name, shape) pairs, at an IR
+    version ONNX Runtime loads."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        list(initializers),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model

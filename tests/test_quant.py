@@ -18,6 +18,7 @@ from onnxopt.infra.options import build_options
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.runtime import make_session
 from tests.conftest import REPO, run_cli
+from tests.conftest import float_model as _model
 from tests.test_quant_parts import stem_block_model
 
 DIGITS_VAL = REPO / "examples" / "digits_val.npz"
@@ -318,19 +319,6 @@ def test_cli_optimize_end_to_end(tmp_path: Path):
     quantized = onnx.load(str(out))
     assert int8_coverage(quantized).fraction == 1.0
     assert any(p.key == "onnxopt.pipeline" and "quant" in p.value for p in quantized.metadata_props)
-
-
-def _model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        list(initializers),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
 
 
 def _random(model: onnx.ModelProto) -> RandomSource:

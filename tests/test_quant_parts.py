@@ -23,6 +23,7 @@ from onnxopt.quantization.params import activation_params, quantize_bias, weight
 from onnxopt.quantization.plan import PlanConfig, make_plan
 from onnxopt.quantization.rounding import gptq
 from onnxopt.runtime import make_session
+from tests.conftest import float_model
 
 
 def test_streaming_histogram_is_exact_and_bounded():
@@ -268,16 +269,7 @@ def test_data_movement_shares_parameters_between_int8_ops():
 
 
 def _model(nodes, initializers) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return float_model(nodes, [("x", [1, 3, 8, 8])], [("y", None)], initializers)
 
 
 # --- the float stem block -----------------------------------------------------------------

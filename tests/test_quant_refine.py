@@ -26,6 +26,7 @@ from onnxopt.infra.pass_base import PassContext
 from onnxopt.quantization.bias_correction import Tap, output_shift
 from onnxopt.quantization.plan import PlanConfig, make_plan
 from onnxopt.runtime import make_session, session_options
+from tests.conftest import float_model
 
 # --- GPTQ input moments -------------------------------------------------------------------
 
@@ -205,15 +206,7 @@ def test_float_readers_of_a_float_stream_read_it_unrounded():
         helper.make_node("Add", ["s1", "c2"], ["s2"], name="add2"),
         helper.make_node("Conv", ["s2", "w3"], ["y"], name="conv3"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "stream",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = float_model(nodes, [("x", [1, 8, 6, 6])], [("y", None)], weights)
     result = _quantize(model, exclude=["Add"], rounding="nearest", bias_correction=False)
     nodes = {n.name: n for n in result.model.graph.node}
     producers = {o: n.op_type for n in result.model.graph.node for o in n.output}

@@ -52,13 +52,11 @@ class PassManager:
         self.calibration = calibration
         self.validation = validation
         self.instruments = list(instruments)
-        self.gate_samples: int | None = None
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, RunReport]:
         """Optimize `model` (left unmodified) and return the new model with its report."""
         self._check_preconditions(model)
         data = self.validation or self.calibration or self._synthetic_data(model)
-        self.gate_samples = GATE_CALIBRATION_SAMPLES if data is self.calibration else None
         report = RunReport(
             version=__version__,
             pipeline=self.pipeline.to_text(full=True),
@@ -101,7 +99,8 @@ class PassManager:
         if versus_input is not None:
             report.fidelity = copy.deepcopy(versus_input)  # the only accepted change: its gate
         else:
-            final = checks.measure_fidelity(start.session, session, data, self.gate_samples)[0]
+            limit = self._gate_samples(data)
+            final = checks.measure_fidelity(start.session, session, data, limit)[0]
             report.fidelity = final.to_dict() if final else None
         output = copy.deepcopy(current) if current is model else current
         write_metadata(output, report)
@@ -152,7 +151,9 @@ class PassManager:
         outcome = checks.try_session(candidate, self.provider)
         if outcome.session is None:
             return outcome.error, None
-        fidelity, error = checks.measure_fidelity(session, outcome.session, data, self.gate_samples)
+        fidelity, error = checks.measure_fidelity(
+            session, outcome.session, data, self._gate_samples(data)
+        )
         if error:
             return error, None
         record.fidelity = fidelity.to_dict()
@@ -166,6 +167,9 @@ class PassManager:
         ctx = PassContext(calibration=self.calibration)
         for pass_ in self.passes:
             pass_.check_applicable(model, ctx)
+
+    def _gate_samples(self, data: DataSource) -> int | None:
+        return GATE_CALIBRATION_SAMPLES if data is self.calibration else None
 
     def _synthetic_data(self, model: onnx.ModelProto) -> DataSource:
         log.info("no validation data given: checking each pass on seeded random inputs")
