@@ -24,13 +24,15 @@ LEVELS = 256
 
 @dataclass
 class StreamingHistogram:
-    """Counts of values in power-of-two-wide bins; min/max/count are exact, and at most
-    `max_elements` values per update are binned (an even stride through larger arrays: a batch
-    of 8 MobileNetV2 112x112 maps has 3-10 M values; 2^18 of them per batch left its calibrated
-    ranges' output cosine unchanged and cut binning time by half)."""
+    """Counts of values in power-of-two-wide bins. At most `max_elements` values per update are
+    binned, an even stride through larger arrays; min/max/count are those of the binned values.
+    A batch of 8 MobileNetV2 112x112 maps has 3-10 M values: with 2^16 of them per batch (2.5 M
+    per tensor over 300 samples) the calibrated model's output cosine on 1200 crops stayed at
+    0.9966 and binning took 1.4 instead of 2.5 s; exact extremes over every value would cost
+    another 2 ms per large map, and only `minmax` needs them (it uses `MinMax`)."""
 
     max_bins: int = 4096
-    max_elements: int = 1 << 18
+    max_elements: int = 1 << 16
     minimum: float = math.inf
     maximum: float = -math.inf
     count: int = 0
@@ -45,6 +47,8 @@ class StreamingHistogram:
     def update(self, values: np.ndarray) -> None:
         """Add every finite value of `values` (any shape)."""
         flat = np.asarray(values, dtype=np.float32).reshape(-1)
+        if flat.size > self.max_elements:
+            flat = flat[:: -(-flat.size // self.max_elements)]
         if flat.size == 0:
             return
         lo, hi = float(flat.min()), float(flat.max())
@@ -54,8 +58,6 @@ class StreamingHistogram:
                 return
             lo, hi = float(flat.min()), float(flat.max())
         self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
-        if flat.size > self.max_elements:
-            flat = flat[:: -(-flat.size // self.max_elements)]
         self.count += flat.size
         if self.exponent is None:
             span = max(hi - lo, abs(hi), abs(lo), 1e-30)

@@ -73,7 +73,7 @@ class RowBudget:
 
     samples: int
     rows_per_column: int = 128
-    min_rows: int = 8192
+    min_rows: int = 2048
 
     def per_sample(self, columns: int) -> int:
         wanted = max(self.min_rows, self.rows_per_column * columns)
@@ -92,15 +92,36 @@ def patches(x: np.ndarray, layer: LayerInput, step: int = 1) -> np.ndarray:
     """Conv input (N, C, H, W) -> (C, k*k, positions) float32; columns ordered as the weight's.
     Every `step`-th output row and column is taken."""
     top, left, bottom, right = layer.pads
-    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
-    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))
-    windows = windows[:, :, :: sh * step, :: sw * step, ::dh, ::dw]  # N, C, Ho, Wo, kh, kw
-    c = x.shape[1]
-    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3), dtype=np.float32).reshape(
+    n, c = x.shape[:2]
+    taps = _row_taps(x.shape, layer, step)
+    if taps.size < x.shape[2]:
+        # Few rows read (sparse sampling of a large map): copy only those, one per kernel row;
+        # padding the whole map first cost 18 ms per batch on MobileNetV2's 112x112 depthwise
+        # input, of which 16 positions per sample were kept.
+        rows = np.take(x, np.clip(taps, 0, x.shape[2] - 1), axis=2)
+        rows[:, :, (taps < 0) | (taps >= x.shape[2])] = 0
+        rows = np.pad(rows, ((0, 0), (0, 0), (0, 0), (left, right)))
+        windows = np.lib.stride_tricks.sliding_window_view(rows, dw * (kw - 1) + 1, axis=3)
+        windows = windows[:, :, :, :: sw * step, ::dw]  # N, C, sampled rows * kh, Wo, kw
+        windows = windows.reshape(n, c, -1, kh, *windows.shape[3:]).transpose(0, 1, 2, 4, 3, 5)
+    else:
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=(2, 3))
+        windows = windows[:, :, :: sh * step, :: sw * step, ::dh, ::dw]
+    # windows: N, C, Ho, Wo, kh, kw
+    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3), np.float32).reshape(
         c, kh * kw, -1
     )
+
+
+def _row_taps(shape: tuple[int, ...], layer: LayerInput, step: int) -> np.ndarray:
+    """Input row (before padding is applied: may be < 0 or >= H) read by each kernel row of every
+    `step`-th output row, output row major."""
+    height, _ = _output_grid(shape, layer)
+    first = np.arange(0, height, step)[:, None] * layer.strides[0] - layer.pads[0]
+    return (first + np.arange(layer.kernel[0])[None] * layer.dilations[0]).reshape(-1)
 
 
 def conv_output_size(size: int, before: int, after: int, kernel: int, stride: int, dilation: int):
