@@ -21,7 +21,7 @@ from onnxopt.quantization.equalize import (
 )
 from onnxopt.quantization.params import activation_params, quantize_bias, weight_scales
 from onnxopt.quantization.plan import PlanConfig, make_plan
-from onnxopt.quantization.rounding import gptq
+from onnxopt.quantization.rounding import error_feedback, gptq
 from onnxopt.runtime import make_session
 from tests.conftest import float_model
 
@@ -119,6 +119,26 @@ def test_gptq_beats_nearest_rounding_on_correlated_inputs():
         return np.sum(((weight - codes * scales[:, None]) @ x.T) ** 2)
 
     assert error(rounded) < 0.7 * error(nearest)
+
+
+def test_gptq_rounds_high_energy_inputs_first():
+    rng = np.random.default_rng(0)
+    energy = np.geomspace(0.01, 10, 64)  # natural order would round the weak inputs first
+    mix = np.eye(64) + 0.3 * rng.standard_normal((64, 64))
+    x = (rng.standard_normal((4000, 64)) * energy) @ mix
+    h = x.T @ x / len(x)
+    weight = rng.standard_normal((32, 64))
+    scales = np.abs(weight).max(axis=1) / 127 * 8
+
+    def to_levels(column, _):
+        return np.clip(np.round(column / scales), -127, 127) * scales
+
+    def error(values):
+        return np.trace((weight - values) @ h @ (weight - values).T)
+
+    act_order = gptq(weight, scales, h).astype(np.float64) * scales[:, None]
+    natural_order = error_feedback(weight, h, to_levels)
+    assert error(act_order) < 0.6 * error(natural_order)
 
 
 def test_equalization_keeps_the_function(convbnrelu_path, transformer_path):
