@@ -24,34 +24,41 @@ ColumnRounder = Callable[[np.ndarray, int], np.ndarray]
 
 def gptq(weight: np.ndarray, scales: np.ndarray, h: np.ndarray, block: int = 128) -> np.ndarray:
     """Round `weight` (rows = output channels, columns = inputs; `scales` one per row or one)
-    to int8 levels with GPTQ error feedback; returns the int8 codes.
-
-    With one `h` for all rows, columns are rounded in decreasing order of H's diagonal (GPTQ's
-    "act-order"): the inputs with the most energy go first, while the most columns remain to
-    absorb their error. On MobileNetV2 (1200 crops) output cosine 0.99658 -> 0.99672."""
+    to int8 levels with GPTQ error feedback; returns the int8 codes."""
     s = np.broadcast_to(scales.astype(np.float64).reshape(-1), (weight.shape[0],))
 
     def to_levels(column: np.ndarray, _: int) -> np.ndarray:
         return np.clip(np.round(column / s), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX) * s
 
-    if h.ndim != 2:
-        rounded = error_feedback(weight, h, to_levels, block)
-    else:
-        order = np.argsort(-np.diagonal(h), kind="stable")
-        rounded = np.empty(weight.shape)
-        rounded[:, order] = error_feedback(
-            weight[:, order], h[np.ix_(order, order)], to_levels, block
-        )
+    rounded = error_feedback(weight, h, to_levels, block, act_order=True)
     return np.round(rounded / s[:, None]).astype(np.int8)
 
 
-def error_feedback(weight: np.ndarray, h: np.ndarray, to_grid: ColumnRounder, block: int = 128):
+def error_feedback(
+    weight: np.ndarray,
+    h: np.ndarray,
+    to_grid: ColumnRounder,
+    block: int = 128,
+    *,
+    act_order: bool = False,
+):
     """Put `weight` (rows x columns) on a grid column by column, spreading each column's error
     over the later columns (GPTQ); returns the gridded weight (float64).
     `h` is (columns, columns), or (rows, columns, columns) for per-row (depthwise) moments.
-    Updates of later columns are applied lazily per block of `block` columns. The work runs on
-    the transpose, so that each column is a contiguous row: 2x faster than strided columns."""
-    w = np.array(weight.T, dtype=np.float64, order="C")  # columns x rows
+
+    `act_order` (with one `h` for all rows): columns go in decreasing order of H's diagonal,
+    the inputs with the most energy first, while the most columns remain to absorb their error.
+    MobileNetV2, 1200 crops: int8 output cosine 0.99658 -> 0.99672, top-1 93.1 -> 93.8 %; but
+    4-bit codebooks, cosine 0.9790 -> 0.9818 with top-1 86.2 -> 83.5 %, so sharing keeps the
+    natural order. Updates of later columns are applied lazily per block of `block` columns.
+    The work runs on the transpose, so that each column is a contiguous row: 2x faster than
+    strided columns."""
+    if act_order and h.ndim == 2:
+        order = np.argsort(-np.diagonal(h), kind="stable")
+        h = h[np.ix_(order, order)]
+    else:
+        order = np.arange(weight.shape[1])
+    w = np.array(weight[:, order].T, dtype=np.float64, order="C")  # columns x rows
     u = _inverse_cholesky(h)
     q = np.zeros_like(w)
     columns = w.shape[0]
@@ -59,7 +66,7 @@ def error_feedback(weight: np.ndarray, h: np.ndarray, to_grid: ColumnRounder, bl
         stop = min(start + block, columns)
         errors = np.zeros((stop - start, w.shape[1]))
         for i in range(start, stop):
-            q[i] = to_grid(w[i], i)
+            q[i] = to_grid(w[i], int(order[i]))
             pivot = u[i, i] if u.ndim == 2 else u[:, i, i]
             err = (w[i] - q[i]) / pivot
             errors[i - start] = err
@@ -72,7 +79,9 @@ def error_feedback(weight: np.ndarray, h: np.ndarray, to_grid: ColumnRounder, bl
                 w[stop:] -= u[start:stop, stop:].T @ errors
             else:
                 w[stop:] -= np.einsum("br,rbc->cr", errors, u[:, start:stop, stop:])
-    return q.T
+    gridded = np.empty(weight.shape)
+    gridded[:, order] = q.T
+    return gridded
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
