@@ -427,8 +427,9 @@ quantizing child process (onnxopt: the whole `onnxopt optimize` run with its che
 `quant_pre_process` + `quantize_static`, both QDQ with per-channel int8 weights; calibration
 batches of 8 for onnxopt, 4 for ORT, whose histogram methods need equal batches).
 onnxopt defaults: percentile 99.99, uint8 activations, channel equalization, GPTQ rounding
-(bias correction is an option: with GPTQ it left cosine within 0.0001 and cost top-1 on two of
-three crop sets; on 1000 fresh crops, seed 5: 92.0 % with it, 93.2 % without). Its checks
+in act-order (bias correction is an option: with GPTQ it left cosine within 0.0001 and cost
+top-1 on two of three crop sets; on 1000 fresh crops, seed 5: 92.0 % with it, 93.2 % without,
+before act-order). Its checks
 compare on the first 64 calibration samples. "int8 MACs": share of multiply-accumulates in
 ORT's int8 kernels.
 {NOTES}
