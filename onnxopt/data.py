@@ -151,7 +151,7 @@ class DirectorySource(DataSource):
                 yield chunk
                 continue
             pending.append(chunk)
-            rows += _rows(chunk)
+            rows += feed_rows(chunk)
             while rows >= self.batch_size:
                 batch, pending = _take(pending, self.batch_size)
                 rows -= self.batch_size
@@ -192,7 +192,7 @@ class DirectorySource(DataSource):
                 array = array[np.newaxis]
             chunk[spec.name] = array
         check_feed(chunk, self.loose, str(file))
-        if len({_rows({k: v}) for k, v in chunk.items()}) > 1:
+        if len({feed_rows({k: v}) for k, v in chunk.items()}) > 1:
             raise InputError(f"{file}: inputs hold different numbers of samples")
         return chunk, False
 
@@ -210,8 +210,21 @@ def _whole_feed(raw: Feed, specs: list[InputSpec]) -> bool:
     return True
 
 
-def _rows(feed: Feed) -> int:
-    return int(next(iter(feed.values())).shape[0])
+def feed_rows(feed: Feed) -> int:
+    """Samples in a feed: the leading dimension of its first array (1 for a scalar)."""
+    for array in feed.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 0
+
+
+def feeds_up_to(data: Iterable[Feed], max_samples: int | None) -> Iterator[Feed]:
+    """The batches of `data`, up to the one that reaches `max_samples` samples (all: None)."""
+    samples = 0
+    for feed in data:
+        yield feed
+        samples += feed_rows(feed)
+        if max_samples is not None and samples >= max_samples:
+            return
 
 
 def _take(pending: list[Feed], count: int) -> tuple[Feed, list[Feed]]:
@@ -220,7 +233,7 @@ def _take(pending: list[Feed], count: int) -> tuple[Feed, list[Feed]]:
     joined = {name: np.concatenate([chunk[name] for chunk in pending]) for name in names}
     batch = {name: np.ascontiguousarray(array[:count]) for name, array in joined.items()}
     rest = {name: array[count:] for name, array in joined.items()}
-    return batch, ([rest] if _rows(rest) else [])
+    return batch, ([rest] if feed_rows(rest) else [])
 
 
 # --- Python objects ---------------------------------------------------------------------

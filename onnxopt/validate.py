@@ -19,7 +19,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.data import DataSource, Feed, ImagePreprocess, input_specs, open_data
+from onnxopt.data import (
+    DataSource,
+    Feed,
+    ImagePreprocess,
+    feed_rows,
+    feeds_up_to,
+    input_specs,
+    open_data,
+)
 from onnxopt.infra.errors import CheckFailed, InputError
 from onnxopt.ir.io import load_model
 from onnxopt.ir.shapes import check_tensor_sizes
@@ -174,10 +182,8 @@ def compare_runners(
     `limit_samples`) and accumulate per-output fidelity metrics."""
     accumulators = [_Accumulator(name) for name in output_names]
     samples = 0
-    for index, feed in enumerate(data):
+    for index, feed in enumerate(feeds_up_to(data, limit_samples)):
         if limit_batches is not None and index >= limit_batches:
-            break
-        if limit_samples is not None and samples >= limit_samples:
             break
         ref_outputs = reference(feed)
         cand_outputs = candidate(feed)
@@ -185,7 +191,7 @@ def compare_runners(
             raise ValueError(f"output count changed: {len(ref_outputs)} -> {len(cand_outputs)}")
         for acc, ref, cand in zip(accumulators, ref_outputs, cand_outputs, strict=True):
             acc.update(np.asarray(ref), np.asarray(cand))
-        samples += _batch_of(feed)
+        samples += feed_rows(feed)
     return FidelityReport(
         outputs=[acc.result() for acc in accumulators],
         samples=samples,
@@ -332,9 +338,3 @@ def _check_same_inputs(reference: onnx.ModelProto, candidate: onnx.ModelProto) -
             f"the models take different inputs: reference ({', '.join(ref_names)}), "
             f"candidate ({', '.join(cand_names)})"
         )
-
-
-def _batch_of(feed: Feed) -> int:
-    for array in feed.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 0

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.histogram import StreamingHistogram
-from onnxopt.data import DataSource
+from onnxopt.data import DataSource, feed_rows, feeds_up_to
 from onnxopt.runtime import make_session, session_options
 
 log = logging.getLogger(__name__)
@@ -91,23 +91,13 @@ def stream_tensors(
 
     with ThreadPoolExecutor(max_workers=1) as worker:
         pending = None
-        for feed in _feeds_up_to(data, max_samples):
-            running = (worker.submit(values_of, feed), _rows(feed))
+        for feed in feeds_up_to(data, max_samples):
+            running = (worker.submit(values_of, feed), feed_rows(feed))
             if pending is not None:
                 yield pending[0].result(), pending[1]
             pending = running
         if pending is not None:
             yield pending[0].result(), pending[1]
-
-
-def _feeds_up_to(data: DataSource, max_samples: int | None) -> Iterator[dict[str, np.ndarray]]:
-    """The batches of `data`, up to the one that reaches `max_samples` samples."""
-    samples = 0
-    for feed in data:
-        yield feed
-        samples += _rows(feed)
-        if max_samples is not None and samples >= max_samples:
-            return
 
 
 def new_stats(tensors: list[str], histogram: bool, bins: int) -> dict[str, Stats]:
@@ -136,12 +126,6 @@ def collect_stats(
         samples += rows
     log.info("calibrated %d tensors on %d samples (%d batches)", len(tensors), samples, batches)
     return CollectResult(stats, samples, batches)
-
-
-def _rows(feed: dict[str, np.ndarray]) -> int:
-    for array in feed.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 0
 
 
 def channel_absmax(
