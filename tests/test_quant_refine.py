@@ -95,6 +95,42 @@ def test_matmul_rows_are_strided_to_the_budget_and_h_accumulates_in_place():
     np.testing.assert_allclose(h, 2 * rows.T @ rows, rtol=1e-5)
 
 
+def test_depthwise_moments_come_from_the_first_samples_and_others_from_more():
+    """Depthwise layers stop gathering H after DEPTHWISE_GPTQ_ROWS.samples samples; the 1x1
+    layer behind them keeps going until GPTQ_ROWS.samples."""
+    from onnxopt.data import IterableSource
+    from onnxopt.quantization.pipeline import DEPTHWISE_GPTQ_ROWS, GPTQ_ROWS, Calibrator
+
+    rng = np.random.default_rng(4)
+    dw = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    pw = rng.standard_normal((2, 4, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "dw"], ["h"], name="dw", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["h", "pw"], ["y"], name="pw"),
+    ]
+    inits = [numpy_helper.from_array(dw, "dw"), numpy_helper.from_array(pw, "pw")]
+    model = float_model(nodes, [("x", [None, 4, 5, 5])], [("y", None)], inits)
+    samples = GPTQ_ROWS.samples + 8
+    x = rng.standard_normal((samples, 4, 5, 5)).astype(np.float32)
+    x[DEPTHWISE_GPTQ_ROWS.samples :] *= 100.0  # any later sample in H would dominate it
+    data = IterableSource([{"x": x[i : i + 8]} for i in range(0, samples, 8)], input_specs(model))
+    layers = [
+        LayerInput("dw", "Conv", "x", (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), depthwise=True),
+        LayerInput("pw", "Conv", "h", (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+    ]
+    hessians = Calibrator(model, data, QuantOptions()).ensure([], layers)
+    first = x[: DEPTHWISE_GPTQ_ROWS.samples]
+    expected = accumulate(None, first, layers[0], DEPTHWISE_GPTQ_ROWS)
+    np.testing.assert_allclose(hessians["dw"], expected, rtol=1e-5)
+    hidden = onnx.helper.make_tensor_value_info("h", TensorProto.FLOAT, None)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(hidden)
+    values = make_session(exposed).run(["h"], {"x": x[: GPTQ_ROWS.samples]})[0]
+    expected_pw = accumulate(None, values, layers[1], GPTQ_ROWS)
+    np.testing.assert_allclose(hessians["pw"], expected_pw, rtol=1e-4)
+
+
 # --- bias correction ----------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from tests.zoo import (
     IfModel,
     MobileNetV2,
     TinyTransformer,
+    export_onnx,
     make_convbnrelu_onnx,
     make_digits_cnn_onnx,
     make_if_model_onnx,
@@ -25,6 +26,7 @@ from tests.zoo import (
     randomize_norms,
     seeded,
 )
+from tests.zoo.efficientnet import EfficientNetLite0
 
 ATOL = 1e-4
 
@@ -75,6 +77,29 @@ def test_export_is_valid_and_matches_torch(name: str, tmp_path: Path) -> None:
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
     x = _image_batch(shape)
     np.testing.assert_allclose(_ort_run(path, x), _torch_run(build(), x), rtol=0, atol=ATOL)
+
+
+def test_efficientnet_lite0_has_its_size_and_exports(tmp_path: Path) -> None:
+    with seeded(0):
+        module = randomize_norms(EfficientNetLite0(), 0).eval()
+    assert 4.6e6 < sum(p.numel() for p in module.parameters()) < 4.7e6  # 4.65 M published
+    path = export_onnx(
+        module,
+        (torch.zeros(1, 3, 64, 64),),
+        tmp_path / "e.onnx",
+        input_names=["input"],
+        output_names=["logits"],
+    )
+    graph = onnx.load(str(path)).graph
+    kernels = Counter(
+        tuple(onnx.helper.get_node_attr_value(n, "kernel_shape"))
+        for n in graph.node
+        if n.op_type == "Conv" and onnx.helper.get_node_attr_value(n, "group") > 1
+    )
+    assert kernels == {(3, 3): 7, (5, 5): 9}
+    assert _op_counts(path)["Add"] == 9  # shortcuts: repeats after the first of each stage
+    x = _image_batch((1, 3, 64, 64))
+    np.testing.assert_allclose(_ort_run(path, x), _torch_run(module, x), rtol=0, atol=ATOL)
 
 
 def test_convbnrelu_structure(tmp_path: Path) -> None:

@@ -46,9 +46,9 @@ class ConvBNReLU6(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """Expand 1x1 -> depthwise 3x3 -> project 1x1 (linear), with a shortcut when shapes allow."""
+    """Expand 1x1 -> depthwise kxk -> project 1x1 (linear), with a shortcut when shapes allow."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, kernel: int = 3):
         super().__init__()
         hidden = round(inp * expand_ratio)
         self.use_res_connect = stride == 1 and inp == oup
@@ -56,7 +56,7 @@ class InvertedResidual(nn.Module):
         if expand_ratio != 1:
             layers.append(ConvBNReLU6(inp, hidden, kernel=1))
         layers += [
-            ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
+            ConvBNReLU6(hidden, hidden, kernel=kernel, stride=stride, groups=hidden),
             nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
             nn.BatchNorm2d(oup),
         ]
