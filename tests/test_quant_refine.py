@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.quant import QuantOptions, QuantPass
 
+from onnxopt.analyses.activation_stats import expose_tensors
 from onnxopt.analyses.input_moments import (
     LayerInput,
     RowBudget,
@@ -20,7 +21,7 @@ from onnxopt.analyses.input_moments import (
     patches,
 )
 from onnxopt.analyses.int8_coverage import int8_coverage
-from onnxopt.data import RandomSource, input_specs
+from onnxopt.data import IterableSource, RandomSource, input_specs
 from onnxopt.infra.options import build_options
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.quantization.bias_correction import Tap, output_shift
@@ -98,7 +99,6 @@ def test_matmul_rows_are_strided_to_the_budget_and_h_accumulates_in_place():
 def test_depthwise_moments_come_from_the_first_samples_and_others_from_more():
     """Depthwise layers stop gathering H after DEPTHWISE_GPTQ_ROWS.samples samples; the 1x1
     layer behind them keeps going until GPTQ_ROWS.samples."""
-    from onnxopt.data import IterableSource
     from onnxopt.quantization.pipeline import DEPTHWISE_GPTQ_ROWS, GPTQ_ROWS, Calibrator
 
     rng = np.random.default_rng(4)
@@ -122,11 +122,7 @@ def test_depthwise_moments_come_from_the_first_samples_and_others_from_more():
     first = x[: DEPTHWISE_GPTQ_ROWS.samples]
     expected = accumulate(None, first, layers[0], DEPTHWISE_GPTQ_ROWS)
     np.testing.assert_allclose(hessians["dw"], expected, rtol=1e-5)
-    hidden = onnx.helper.make_tensor_value_info("h", TensorProto.FLOAT, None)
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    exposed.graph.output.append(hidden)
-    values = make_session(exposed).run(["h"], {"x": x[: GPTQ_ROWS.samples]})[0]
+    values = make_session(expose_tensors(model, ["h"])).run(["h"], {"x": x[: GPTQ_ROWS.samples]})[0]
     expected_pw = accumulate(None, values, layers[1], GPTQ_ROWS)
     np.testing.assert_allclose(hessians["pw"], expected_pw, rtol=1e-4)
 

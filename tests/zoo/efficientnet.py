@@ -8,10 +8,9 @@ on PyPI: `benchmarks.efficientnet_lite` sizes the BatchNorm statistics on real p
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from tests.zoo.mobilenet import ConvBNReLU6, InvertedResidual
+from tests.zoo.mobilenet import ConvBNReLU6, InvertedResidual, PooledClassifierNet
 
 # expansion t, kernel k, output channels c, repeats n, first stride s (EfficientNet-B0's table)
 _MBCONV_SETTING = (
@@ -25,7 +24,7 @@ _MBCONV_SETTING = (
 )
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(PooledClassifierNet):
     """Nx3xHxW in, ``num_classes`` logits out."""
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
@@ -39,13 +38,4 @@ class EfficientNetLite0(nn.Module):
         features.append(ConvBNReLU6(channels, 1280, kernel=1))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(1280, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
-        return self.classifier(torch.flatten(x, 1))
+        self._init_weights()

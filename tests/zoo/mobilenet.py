@@ -69,7 +69,31 @@ class InvertedResidual(nn.Module):
         return self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class PooledClassifierNet(nn.Module):
+    """`features` -> global average pool -> `classifier`, with torchvision's MobileNet init."""
+
+    features: nn.Sequential
+    classifier: nn.Sequential
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class MobileNetV2(PooledClassifierNet):
     """torchvision ``mobilenet_v2`` (ImageNet layout: Nx3xHxW in, ``num_classes`` logits out)."""
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, dropout: float = 0.2):
@@ -89,23 +113,6 @@ class MobileNetV2(nn.Module):
             nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes)
         )
         self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
-        return self.classifier(torch.flatten(x, 1))
 
 
 def make_mobilenet_v2_onnx(
