@@ -6,7 +6,9 @@ the unpruned model (interleaved, one process, batch 1) and quality:
 
 - ``magnitude``: ``prune{criterion=l1,reconstruct=false}``, plain L1 magnitude pruning;
 - ``prune``: the defaults (``refit_error`` criterion, least-squares reconstruction);
-- ``prune,quant``: the defaults followed by the ``quant`` pass (when it is available).
+- ``prune{scope=sensitivity}`` (ratios 0.2 and 0.3): the same MACs as ``prune``, allocated
+  across groups by a measured probe of each group (``onnxopt/pruning/sensitivity.py``);
+- ``prune,quant``: either pruning followed by the ``quant`` pass (when it is available).
 
 Quality: top-1 agreement with the unpruned model on photo crops disjoint from the calibration
 crops (MobileNetV2), accuracy on the held-out digits with their real labels (digits CNN).
@@ -21,6 +23,7 @@ import copy
 import importlib
 import json
 import logging
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -49,7 +52,9 @@ PLOT = Path("benchmarks/prune_quality_vs_macs.png")
 BEGIN, END = "<!-- bench_prune:begin -->", "<!-- bench_prune:end -->"
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 QUANT_RATIOS = (0.1, 0.2, 0.3)
+SENSITIVITY_RATIOS = (0.2, 0.3)
 MAGNITUDE = {"criterion": "l1", "reconstruct": False}
+SENSITIVITY = "prune{scope=sensitivity}"
 
 
 @dataclass
@@ -138,11 +143,13 @@ def quant_available() -> bool:
     return True
 
 
-def variants(case: Case, ratios, quant_ratios):
+def variants(case: Case, ratios, quant_ratios, sensitivity_ratios):
     """(config, ratio, function returning (model, extra row fields)) for every model timed."""
     for ratio in ratios:
         yield "magnitude", ratio, lambda r=ratio: run_prune(case, r, **MAGNITUDE)
         yield "prune", ratio, lambda r=ratio: run_prune(case, r)
+    for ratio in sensitivity_ratios:
+        yield SENSITIVITY, ratio, lambda r=ratio: run_prune(case, r, scope="sensitivity")
     if quant_available():
         yield "quant", 0.0, lambda: run_pipeline(case, "quant")
         for ratio in quant_ratios:
@@ -151,12 +158,18 @@ def variants(case: Case, ratios, quant_ratios):
                 ratio,
                 lambda r=ratio: run_pipeline(case, f"prune{{ratio={r}}},quant"),
             )
+        for ratio in sensitivity_ratios:
+            yield (
+                f"{SENSITIVITY},quant",
+                ratio,
+                lambda r=ratio: run_pipeline(case, f"prune{{ratio={r},scope=sensitivity}},quant"),
+            )
 
 
 def produce(case: Case, config: str, ratio: float, make, reuse: bool):
     """The variant's model and extra fields, from OUT when `reuse` and saved, else computed."""
-    stem = OUT / f"{case.name.split()[0].lower()}_{config.replace(',', '_')}_{ratio:.1f}"
-    model_path, meta_path = stem.with_suffix(".onnx"), stem.with_suffix(".json")
+    tag = re.sub(r"[^a-z0-9]+", "_", f"{case.name.split()[0]}_{config}_{ratio:.1f}".lower())
+    model_path, meta_path = OUT / f"{tag}.onnx", OUT / f"{tag}.json"
     if reuse and model_path.exists() and meta_path.exists():
         return onnx.load(model_path), json.loads(meta_path.read_text())
     start = time.perf_counter()
@@ -167,12 +180,12 @@ def produce(case: Case, config: str, ratio: float, make, reuse: bool):
     return model, extra
 
 
-def measure(case: Case, ratios, quant_ratios, runs: int, reuse: bool, notes: list[str]):
+def measure(case: Case, ratios, runs: int, reuse: bool, notes: list[str]):
     base = case.model
     rows = [Row(case.name, "unpruned", 0.0, count_macs(base).total, parameter_count(base), 1.0)]
     rows[0].quality = case.quality(base)
     models = [base]
-    for config, ratio, make in variants(case, ratios, quant_ratios):
+    for config, ratio, make in variants(case, *ratios):
         try:
             model, extra = produce(case, config, ratio, make, reuse)
         except (OnnxoptError, PassCrashed) as exc:  # another pass's failure: note it, go on
@@ -219,7 +232,14 @@ def plot(results: dict[str, list[Row]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2))
     for ax, (name, rows) in zip(np.atleast_1d(axes), results.items(), strict=True):
         base = rows[0].macs
-        for config, style in (("magnitude", "o--"), ("prune", "s-"), ("prune,quant", "^-")):
+        styles = (
+            ("magnitude", "o--"),
+            ("prune", "s-"),
+            (SENSITIVITY, "D-"),
+            ("prune,quant", "^-"),
+            (f"{SENSITIVITY},quant", "v-"),
+        )
+        for config, style in styles:
             pts = sorted((r.macs / base, r.quality) for r in rows if r.config == config)
             if pts:
                 ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], style, label=config)
@@ -247,8 +267,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse models saved in " + str(OUT))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ratios = (0.3,) if args.quick else RATIOS
-    quant_ratios = (0.3,) if args.quick else QUANT_RATIOS
+    ratios = ((0.3,),) * 3 if args.quick else (RATIOS, QUANT_RATIOS, SENSITIVITY_RATIOS)
     OUT.mkdir(parents=True, exist_ok=True)
     results, notes = {}, []
     with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
@@ -258,7 +277,7 @@ def main() -> None:
         if args.only in (None, "digits"):
             cases.append(digits_case())
         for case in cases:
-            results[case.name] = measure(case, ratios, quant_ratios, args.runs, args.reuse, notes)
+            results[case.name] = measure(case, ratios, args.runs, args.reuse, notes)
     (OUT / "results.json").write_text(
         json.dumps({k: [asdict(r) for r in v] for k, v in results.items()}, indent=1)
     )
@@ -282,10 +301,11 @@ bundled digits images; MobileNetV2 agreement on {args.val} other crops, digits a
 pruned one, timed interleaved in one process (ONNX Runtime CPU, {args.runs} rounds, batch 1
 for MobileNetV2, 64 for digits); MACs ratio: MACs before over after. `magnitude` =
 `prune{{criterion=l1,reconstruct=false}}`; `prune` = the defaults (`refit_error`, least-squares
-reconstruction, `round_to=16`); "before refit" is the agreement on the calibration data before
-reconstruction. Top-1 agreement on these crops is a sensitive measure: many crops show no
-clear ImageNet object and have a small top-1 margin, so any change flips some of them (compare
-the `quant` row, int8 without pruning).
+reconstruction, `round_to=16`, every group loses `ratio`); `{SENSITIVITY}` removes the same
+MACs where a measured probe per group says they cost the model's outputs least; "before
+refit" is the agreement on the calibration data before reconstruction. Top-1 agreement on
+these crops is a sensitive measure: many crops show no clear ImageNet object and have a small
+top-1 margin, so any change flips some of them (compare the `quant` row, int8 without pruning).
 
 {body}
 

@@ -48,14 +48,17 @@ from onnxopt.infra.registry import register_pass
 from onnxopt.pruning.activations import channel_moments, consumer_grams
 from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.reconstruct import RefitSettings, reconstruct
-from onnxopt.pruning.rewrite import apply_keep
+from onnxopt.pruning.rewrite import apply_keep, changed_tensors
 from onnxopt.pruning.select import (
     Rounding,
     ensure_ranges,
     layer_macs,
+    pruned_macs,
     ratio_for_macs,
+    select_by_loss,
     select_by_ratio,
 )
+from onnxopt.pruning.sensitivity import loss_curves, probe_groups
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,10 @@ class PruneOptions:
     target_macs: float | None = option(
         None, "keep at most this fraction of the MACs instead of using ratio", low=0.05, high=1.0
     )
-    scope: Literal["layer", "global"] = option(
-        "layer", "layer: each group loses `ratio`; global: one ranking across groups"
+    scope: Literal["layer", "global", "sensitivity"] = option(
+        "layer",
+        "layer: each group loses `ratio`; global: one ranking across groups; sensitivity: the "
+        "same MACs as `layer`, taken where a measured probe per group says they cost least",
     )
     criterion: Literal["refit_error", "output", "activation", "l1", "l2", "bn_scale"] = option(
         "refit_error", "channel importance (refit_error, output, activation: from calibration data)"
@@ -122,7 +127,8 @@ class PrunePass(Pass):
         return Fidelity(min_cosine=self.options.min_cosine)
 
     def requires_calibration(self) -> bool:
-        return self.options.criterion in DATA_CRITERIA or self.options.reconstruct
+        o = self.options
+        return o.criterion in DATA_CRITERIA or o.reconstruct or o.scope == "sensitivity"
 
     def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
         if self.requires_calibration() and ctx.calibration is None:
@@ -144,14 +150,16 @@ class PrunePass(Pass):
         }
         if not wanted:
             return PassResult(model, False, stats, skipped)
-        ratio, keep, macs = self._select(model, groups, wanted, ctx)
+        ratio, keep, macs, probes = self._select(model, groups, wanted, ctx)
         if not keep:
             rounded = f"after rounding to {self.options.round_to}"
             skipped.append(f"no group lost a channel at ratio {ratio:.3g} {rounded}")
             return PassResult(model, False, stats, skipped)
         stats.update(self._size_stats(groups, keep, macs, ratio))
+        if probes is not None:
+            stats["probes"] = _probe_stats(groups, keep, probes)
         teacher = copy.deepcopy(model) if self.options.reconstruct else None
-        changed = _changed_tensors(groups, keep)
+        changed = changed_tensors(groups, keep)
         pruned = apply_keep(model, groups, keep)
         if teacher is not None:
             pruned = self._reconstruct(teacher, pruned, groups, keep, changed, ctx, stats)
@@ -160,19 +168,42 @@ class PrunePass(Pass):
         return PassResult(pruned, True, stats, skipped)
 
     def _select(self, model, groups: ChannelGroups, wanted: set[int], ctx: PassContext):
-        """(ratio used, channels each pruned group keeps, the model's MACs)."""
+        """(ratio used, channels each pruned group keeps, the model's MACs, probes or None)."""
         o = self.options
         scores = self._scores(model, groups, wanted, ctx)
         rounding = Rounding(o.round_to, o.min_channels)
         normalize = o.criterion != "refit_error"  # its scores are comparable across groups
         macs = layer_macs(model, groups)
+        scope = "layer" if o.scope == "sensitivity" else o.scope
         if o.target_macs is not None:
             ratio, keep = ratio_for_macs(
-                model, groups, scores, macs, o.target_macs, rounding, o.scope, normalize
+                model, groups, scores, macs, o.target_macs, rounding, scope, normalize
             )
         else:
-            ratio, keep = o.ratio, select_by_ratio(scores, o.ratio, rounding, o.scope, normalize)
-        return ratio, ensure_ranges(keep, scores, groups), macs
+            ratio, keep = o.ratio, select_by_ratio(scores, o.ratio, rounding, scope, normalize)
+        probes = None
+        if o.scope == "sensitivity" and keep:
+            probes = self._probe(model, groups, scores, keep, rounding, ctx)
+            curves = loss_curves(scores, probes, cumulative=o.criterion == "refit_error")
+            target = pruned_macs(model, groups, macs, keep)
+            keep = select_by_loss(model, groups, scores, curves, macs, target, rounding)
+        return ratio, ensure_ranges(keep, scores, groups), macs, probes
+
+    def _probe(self, model, groups, scores, uniform, rounding: Rounding, ctx: PassContext):
+        """Probe every scored group at its `uniform` count (or one allowed step below)."""
+        counts = {}
+        for group, score in scores.items():
+            size = len(score)
+            count = len(uniform[group]) if group in uniform else rounding.lower(size, size)
+            if count is not None:
+                counts[group] = count
+        settings = self._refit_settings(ctx) if self.options.reconstruct else None
+        data = ctx.require_calibration(self.name)
+        return probe_groups(model, groups, scores, counts, data, ctx.provider, settings)
+
+    def _refit_settings(self, ctx: PassContext) -> RefitSettings:
+        o = self.options
+        return RefitSettings(o.samples, o.positions, o.ridge, ctx.seed, ctx.provider)
 
     def _wanted(self, groups: ChannelGroups, skipped: list[str]) -> set[int]:
         wanted = set()
@@ -228,12 +259,11 @@ class PrunePass(Pass):
 
     def _reconstruct(self, teacher, pruned, groups, keep, changed, ctx: PassContext, stats: dict):
         data = ctx.require_calibration(self.name)
-        o = self.options
         probe = FidelityProbe(teacher, ctx.validation or data, ctx.provider)
         stats["fidelity_data"] = probe.description
         stats["fidelity_in_sample"] = ctx.validation is None
         stats["before_reconstruction"] = probe.measure(pruned)
-        settings = RefitSettings(o.samples, o.positions, o.ridge, ctx.seed, ctx.provider)
+        settings = self._refit_settings(ctx)
         pruned, refit_stats = reconstruct(teacher, pruned, groups, keep, changed, data, settings)
         stats.update(refit_stats)
         stats["after_reconstruction"] = probe.measure(pruned)
@@ -244,9 +274,15 @@ def _reads(groups: ChannelGroups, tensor: str, wanted: set[int]) -> bool:
     return any(seg.group in wanted for seg in groups.layouts[tensor].segments)
 
 
-def _changed_tensors(groups: ChannelGroups, keep) -> set[str]:
-    return {
-        name
-        for name, layout in groups.layouts.items()
-        if len(groups.kept_entries(name, keep)) != layout.size
-    }
+def _probe_stats(groups: ChannelGroups, keep, probes) -> list[dict]:
+    """Per probed group: its probe (channels removed, output loss) and the channels it keeps."""
+    return [
+        {
+            "group": groups.groups[g].describe(),
+            "probe_removed": probe.removed,
+            "probe_loss": round(probe.loss, 6),
+            "kept": len(keep[g]) if g in keep else groups.groups[g].size,
+            "size": groups.groups[g].size,
+        }
+        for g, probe in sorted(probes.items())
+    ]

@@ -17,6 +17,8 @@ from onnxopt.infra.errors import InputError
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.infra.pipeline import parse_pipeline
 from onnxopt.pruning.rewrite import apply_keep, consumer_masks
+from onnxopt.pruning.select import Rounding, layer_macs, pruned_macs, select_by_loss
+from onnxopt.pruning.sensitivity import Probe, loss_curves
 from onnxopt.runtime import make_session
 from tests.conftest import REPO, random_feed
 from tests.test_prune_oracle import oracle
@@ -230,3 +232,56 @@ def test_pipeline_cleanup_then_prune(convbnrelu_path):
         > record.stats["before_reconstruction"]["cosine"]
     )
     assert count_macs(optimized).total < 0.5 * count_macs(model).total
+
+
+def test_rounding_lower_steps_through_the_allowed_counts():
+    rounding = Rounding(round_to=16, min_channels=8)
+    assert rounding.lower(100, 100) == 96
+    assert rounding.lower(96, 100) == 80
+    assert rounding.lower(16, 100) is None  # 8 is not a multiple of 16
+    assert Rounding(16, 8).lower(24, 24) == 16
+    assert Rounding(1, 3).lower(3, 10) is None
+
+
+def test_loss_curves_follow_the_refit_error_and_grow_at_least_linearly_beyond_the_probe():
+    scores = {0: np.array([0.4, 0.1, 0.2, 0.8]), 1: np.array([1.0, 2.0, 3.0, 4.0])}
+    probes = {0: Probe(removed=2, loss=0.02), 1: Probe(removed=1, loss=0.0)}
+    curves = loss_curves(scores, probes, cumulative=True)
+    # group 0: loss 0.02 at its second-lowest error 0.2, so 0.1 per unit of error.
+    np.testing.assert_allclose(curves[0][:3], [0.0, 0.01, 0.02])
+    # beyond the probe: max(error curve, linear): 0.04 vs 0.03, then 0.08 vs 0.04
+    np.testing.assert_allclose(curves[0][3:], [0.04, 0.08])
+    # a probe that measured nothing gets the smallest measured loss (0.02) at its point
+    np.testing.assert_allclose(curves[1], [0.0, 0.02, 0.04, 0.06, 0.08])
+    linear = loss_curves(scores, probes, cumulative=False)
+    np.testing.assert_allclose(linear[0], [0.0, 0.01, 0.02, 0.03, 0.04])
+
+
+def test_select_by_loss_removes_the_cheapest_macs_first(digits):
+    groups = analyze_channel_groups(digits)
+    macs = layer_macs(digits, groups)
+    scores = {g.id: np.arange(g.size, dtype=float) for g in groups.prunable()}
+    cheap, costly = 4, 0  # the down conv, and the stem + residual stream
+    curves = {g: np.linspace(0.0, 1.0, len(s) + 1) for g, s in scores.items()}
+    curves[cheap] = np.linspace(0.0, 1e-3, len(scores[cheap]) + 1)
+    curves[costly] = np.linspace(0.0, 1e3, len(scores[costly]) + 1)
+    target = 0.8 * macs.total
+    keep = select_by_loss(digits, groups, scores, curves, macs, target, Rounding(8, 8))
+    assert costly not in keep
+    assert len(keep[cheap]) < 64 and len(keep[cheap]) % 8 == 0
+    assert pruned_macs(digits, groups, macs, keep) <= target
+    # channels go by score: the highest-scored are kept
+    np.testing.assert_array_equal(keep[cheap], np.arange(64 - len(keep[cheap]), 64))
+
+
+def test_sensitivity_scope_probes_each_group_and_spends_the_same_macs(digits, digits_ctx):
+    layer = run(digits, digits_ctx, ratio=0.5, round_to=8)
+    measured = run(digits, digits_ctx, ratio=0.5, round_to=8, scope="sensitivity")
+    probes = measured.stats["probes"]
+    assert len(probes) == 5 and all(p["probe_removed"] == 16 for p in probes if p["size"] == 32)
+    assert all(p["probe_loss"] >= 0 for p in probes)
+    assert count_macs(measured.model).total <= count_macs(layer.model).total
+    kept = {p["group"]: p["kept"] / p["size"] for p in probes}
+    assert len(set(kept.values())) > 1, kept  # not the uniform 50 %
+    onnx.checker.check_model(measured.model, full_check=True)
+    assert digits_accuracy(measured.model) >= 0.985

@@ -143,6 +143,15 @@ def apply_keep(model: onnx.ModelProto, groups: ChannelGroups, keep: Keep) -> onn
     return pruned
 
 
+def changed_tensors(groups: ChannelGroups, keep: Keep) -> set[str]:
+    """Tensors that lose entries when the groups keep `keep`."""
+    return {
+        name
+        for name, layout in groups.layouts.items()
+        if len(groups.kept_entries(name, keep)) != layout.size
+    }
+
+
 def consumer_masks(groups: ChannelGroups, keep: Keep) -> dict[str, tuple[int, int, np.ndarray]]:
     """Per consumer node name: (weight input index, weight axis, removed input entries).
 

@@ -32,10 +32,17 @@ class Rounding:
 
     def count(self, target: float, size: int) -> int:
         """The allowed channel count nearest `target` (ties: the larger one)."""
+        return min(self._allowed(size), key=lambda c: (abs(c - target), -c))
+
+    def lower(self, count: int, size: int) -> int | None:
+        """The largest allowed count below `count`, or None."""
+        below = [c for c in self._allowed(size) if c < count]
+        return max(below) if below else None
+
+    def _allowed(self, size: int) -> list[int]:
         floor = min(self.min_channels, size)
         candidates = {c for c in range(self.round_to, size + 1, self.round_to)} | {size}
-        allowed = sorted(c for c in candidates if c >= floor) or [size]
-        return min(allowed, key=lambda c: (abs(c - target), -c))
+        return sorted(c for c in candidates if c >= floor) or [size]
 
 
 def top_channels(score: np.ndarray, count: int) -> np.ndarray:
@@ -162,3 +169,49 @@ def ratio_for_macs(
         else:
             lo = mid
     return best
+
+
+def select_by_loss(
+    model: onnx.ModelProto,
+    groups: ChannelGroups,
+    scores: dict[int, np.ndarray],
+    losses: dict[int, np.ndarray],
+    macs: MacsModel,
+    target: float,
+    rounding: Rounding,
+) -> Keep:
+    """Remove channels where they cost the least output loss per MAC saved, one allowed count
+    at a time, until at most `target` MACs are left (or nothing more can go).
+
+    `losses[g][k]` is group g's estimated loss with its k lowest-scored channels removed; groups
+    without a curve are left whole.
+    """
+    kept = {g: len(scores[g]) for g in losses}
+    keep: Keep = {}
+    current = pruned_macs(model, groups, macs, keep)
+    while current > target:
+        steps = []  # (loss added per MAC saved, loss added, group, count, MACs after)
+        for group, curve in losses.items():
+            size = len(scores[group])
+            count = rounding.lower(kept[group], size)
+            if count is None:
+                continue
+            trial = {**keep, group: top_channels(scores[group], count)}
+            after = pruned_macs(model, groups, macs, trial)
+            if after < current:
+                added = curve[size - count] - curve[size - kept[group]]
+                steps.append((added / (current - after), added, group, count, after))
+        if not steps:
+            break
+        step = min(steps)
+        # A step that reaches the target at once beats going on at the best rate when it adds
+        # less loss than the rest of the way would at that rate (avoids overshooting it).
+        finishing = [s for s in steps if s[4] <= target]
+        if finishing:
+            last = min(finishing, key=lambda s: s[1])
+            if last[1] <= step[0] * (current - target):
+                step = last
+        _, _, group, count, current = step
+        kept[group] = count
+        keep[group] = top_channels(scores[group], count)
+    return keep
