@@ -8,7 +8,10 @@ Removes whole channels (Conv filters, Gemm/MatMul features) and everything coupl
 - a criterion scores every channel of each prunable group (default `refit_error`: the error
   the consumers' outputs keep after an optimal least-squares refit, from calibration data);
   `ratio` (per group, or across groups with `scope=global`) or `target_macs` sets how many
-  go, rounded to `round_to`;
+  go, rounded to `round_to`; `scope=sensitivity` removes the same MACs as the per-group ratio
+  but where they cost the model's outputs least, measured by pruning and refitting each group
+  alone on a few calibration samples (`onnxopt.pruning.sensitivity`; about 2 minutes more on
+  MobileNetV2);
 - the rewrite slices weights, biases, BatchNorm parameters, per-channel constants, Split sizes
   and Reshape targets, and the result passes strict shape inference;
 - with calibration data, every layer downstream of a removed channel is refit by least squares
