@@ -187,9 +187,10 @@ class PrunePass(Pass):
         probes = None
         if o.scope == "sensitivity" and keep:
             probes = self._probe(model, groups, scores, keep, rounding, ctx)
-            curves = loss_curves(scores, probes, cumulative=o.criterion == "refit_error")
-            target = pruned_macs(model, groups, macs, keep)
-            keep = select_by_loss(model, groups, scores, curves, macs, target, rounding)
+            if probes:  # none with fewer than 4 calibration samples: the uniform ratio stays
+                curves = loss_curves(scores, probes, cumulative=o.criterion == "refit_error")
+                target = pruned_macs(model, groups, macs, keep)
+                keep = select_by_loss(model, groups, scores, curves, macs, target, rounding)
         return ratio, ensure_ranges(keep, scores, groups), macs, probes
 
     def _probe(self, model, groups, scores, uniform, rounding: Rounding, ctx: PassContext):

@@ -285,3 +285,12 @@ def test_sensitivity_scope_probes_each_group_and_spends_the_same_macs(digits, di
     assert len(set(kept.values())) > 1, kept  # not the uniform 50 %
     onnx.checker.check_model(measured.model, full_check=True)
     assert digits_accuracy(measured.model) >= 0.985
+
+
+def test_sensitivity_scope_with_too_few_samples_keeps_the_uniform_ratio(digits):
+    images = np.load(REPO / "examples" / "digits_calib.npz")["input"][:3]
+    ctx = PassContext(calibration=IterableSource([{"input": images}], input_specs(digits)))
+    layer = run(digits, ctx, ratio=0.5, **DATA_FREE)
+    measured = run(digits, ctx, ratio=0.5, scope="sensitivity", **DATA_FREE)
+    assert measured.stats["probes"] == []
+    assert conv_widths(measured.model) == conv_widths(layer.model)

@@ -11,7 +11,7 @@ the pruned model is reconstructed on a few calibration samples like the real ref
 output cosine loss against the unpruned model is measured on the next, held-out samples
 (measured in-sample, a layer fit from few rows, like a classifier after pooling, looks
 perfect). The loss per unit of the group's refit error is the group's weight in the allocation
-(`select.select_by_sensitivity`).
+(`select.select_by_loss`).
 """
 
 from __future__ import annotations
