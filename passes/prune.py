@@ -10,8 +10,8 @@ Removes whole channels (Conv filters, Gemm/MatMul features) and everything coupl
   `ratio` (per group, or across groups with `scope=global`) or `target_macs` sets how many
   go, rounded to `round_to`; `scope=sensitivity` removes the same MACs as the per-group ratio
   but where they cost the model's outputs least, measured by pruning and refitting each group
-  alone on a few calibration samples (`onnxopt.pruning.sensitivity`; about 2 minutes more on
-  MobileNetV2);
+  alone on a few calibration samples (`onnxopt.pruning.sensitivity`; 2-7 minutes more on
+  MobileNetV2 on 2 cores);
 - the rewrite slices weights, biases, BatchNorm parameters, per-channel constants, Split sizes
   and Reshape targets, and the result passes strict shape inference;
 - with calibration data, every layer downstream of a removed channel is refit by least squares
