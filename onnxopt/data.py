@@ -153,7 +153,7 @@ class DirectorySource(DataSource):
             pending.append(chunk)
             rows += feed_rows(chunk)
             while rows >= self.batch_size:
-                batch, pending = _take(pending, self.batch_size)
+                batch, pending = take_rows(pending, self.batch_size)
                 rows -= self.batch_size
                 check_feed(batch, self.specs, f"{self.path} (near {file.name})")
                 yield batch
@@ -165,7 +165,7 @@ class DirectorySource(DataSource):
                 self.batch_size,
             )
         elif rows:
-            batch, _ = _take(pending, rows)
+            batch, _ = take_rows(pending, rows)
             check_feed(batch, self.specs, str(self.path))
             yield batch
 
@@ -227,7 +227,7 @@ def feeds_up_to(data: Iterable[Feed], max_samples: int | None) -> Iterator[Feed]
             return
 
 
-def _take(pending: list[Feed], count: int) -> tuple[Feed, list[Feed]]:
+def take_rows(pending: list[Feed], count: int) -> tuple[Feed, list[Feed]]:
     """The first `count` rows of the pending chunks, and what is left of them."""
     names = list(pending[0])
     joined = {name: np.concatenate([chunk[name] for chunk in pending]) for name in names}

@@ -24,7 +24,15 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
-from onnxopt.data import DataSource, Feed, IterableSource, feed_rows, feeds_up_to, input_specs
+from onnxopt.data import (
+    DataSource,
+    Feed,
+    IterableSource,
+    feed_rows,
+    feeds_up_to,
+    input_specs,
+    take_rows,
+)
 from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.reconstruct import RefitSettings, reconstruct
 from onnxopt.pruning.rewrite import apply_keep, changed_tensors
@@ -46,12 +54,11 @@ def split_samples(data: DataSource, first: int) -> tuple[list[Feed], list[Feed]]
     """The first `first` samples and the next as many (fewer: half and half), or None (< 4)."""
     feeds = list(feeds_up_to(data, 2 * first))
     total = sum(feed_rows(f) for f in feeds)
-    if total < 4 or not feeds:
+    if total < 4:
         return None
     cut = min(first, total // 2)
-    joined = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
-    fit = {name: value[:cut] for name, value in joined.items()}
-    held = {name: value[cut : 2 * cut] for name, value in joined.items()}
+    fit, rest = take_rows(feeds, cut)
+    held, _ = take_rows(rest, cut)
     return [fit], [held]
 
 
