@@ -11,6 +11,7 @@ import onnx
 from onnxopt.analyses.summary import ModelSummary, summarize
 from onnxopt.bench import BenchReport, BenchSettings, Progress, benchmark_models
 from onnxopt.data import DataSource, ImagePreprocess, open_data, parse_preprocess, parse_shapes
+from onnxopt.holdout import HOLDOUT_FRACTION
 from onnxopt.infra.errors import OptionError
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.options import describe_options
@@ -47,14 +48,21 @@ def optimize(
     config: str | os.PathLike | None = None,
     calib: str | os.PathLike | DataSource | None = None,
     val: str | os.PathLike | DataSource | None = None,
+    holdout: float = HOLDOUT_FRACTION,
     provider: str = "cpu",
     seed: int = 0,
     strict: bool = False,
     report: str | os.PathLike | None = None,
 ) -> OptimizeResult:
-    """Run a pipeline on `model`; write the result to `output` and the JSON report to `report`."""
+    """Run a pipeline on `model`; write the result to `output` and the JSON report to `report`.
+
+    Fidelity is measured on `val`, else on a seeded `holdout` share of the `calib` samples
+    that no pass fits on (`report.fidelity_on` says which; 0: none held out, in-sample).
+    """
     pipeline = resolve_pipeline(passes, config)
     provider_name(provider)
+    if not 0.0 <= holdout <= 0.5:
+        raise OptionError(f"holdout must be a fraction in [0, 0.5], got {holdout}")
     loaded = _load(model)
     protect = loaded.source_files
     if output is not None:
@@ -68,6 +76,7 @@ def optimize(
         strict=strict,
         calibration=open_data(calib, loaded.proto, seed=seed),
         validation=open_data(val, loaded.proto, seed=seed),
+        holdout=holdout,
     )
     optimized, run_report = manager.run(loaded.proto)
     run_report.input = str(loaded.path) if loaded.path else "<in-memory model>"

@@ -116,7 +116,16 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option(
     "--val",
     default=None,
-    help="Validation data for the fidelity checks (default: --calib, else seeded random).",
+    help="Validation data for the fidelity checks; passes never see it (default: a holdout "
+    "of --calib, else seeded random inputs).",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0.0, 0.5),
+    default=api.HOLDOUT_FRACTION,
+    show_default=True,
+    help="Without --val: the share of --calib samples (32 to 256 of them) set aside for the "
+    "fidelity checks, which no pass fits on; 0 fits on all and labels fidelity in-sample.",
 )
 @click.option(
     "--report", type=click.Path(path_type=str), default=None, help="Write the JSON report here."
@@ -141,7 +150,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     help="Abort (exit 1) instead of rolling back a pass that fails its checks.",
 )
 @click.pass_context
-def optimize(ctx, model, output, passes, config, calib, val, report, provider, seed, strict):
+def optimize(
+    ctx, model, output, passes, config, calib, val, holdout, report, provider, seed, strict
+):
     """Run a pipeline of passes on MODEL and write the result to -o.
 
     \b
@@ -157,6 +168,7 @@ def optimize(ctx, model, output, passes, config, calib, val, report, provider, s
         config=config,
         calib=calib,
         val=val,
+        holdout=holdout,
         provider=provider,
         seed=seed,
         strict=strict,
@@ -187,10 +199,13 @@ def _print_run(report: RunReport) -> None:
         rows,
     )
     total = _fidelity_text(report.fidelity)
-    print(
-        f"output: {report.output or '(not written)'}   "
-        f"fidelity vs input ({report.validation}): {total}"
-    )
+    print(f"output: {report.output or '(not written)'}   fidelity vs input: {total}")
+    print(f"fidelity measured on {report.fidelity_on}")
+    if report.fidelity_in_sample:
+        print(
+            "warning: these fidelity numbers are in-sample (on data the passes fitted) and "
+            "overstate fidelity on new inputs; give --val or more calibration samples"
+        )
     for record in report.passes:
         for reason in record.skipped[:5]:
             print(f"  {record.name}: {reason}")

@@ -5,7 +5,8 @@ int8, see `onnxopt.quantization.plan`), calibrate (streaming min/max or histogra
 planned tensors on the calibration data), fidelity techniques (channel equalization before
 calibration; GPTQ weight rounding, and optionally bias correction, after), QDQ rewrite, then
 the accuracy-aware fallback that keeps the most sensitive layers in float until
-`target_cosine`/`target_top1` is met on the validation data.
+`target_cosine`/`target_top1` is met on the calibration data (the manager then measures the
+result on data no pass saw: --val, or its holdout of the calibration samples).
 
 Activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
 symmetric int8, per output channel; biases: int32 with scale x_scale * w_scale. Relu/Clip after
@@ -16,7 +17,7 @@ codes (see `onnxopt.quantization.shared`). Declines (model unchanged, reason in 
 model that is already quantized or has nothing to quantize.
 
     onnxopt optimize model.onnx --passes quant --calib data.npz -o model_int8.onnx
-    onnxopt optimize model.onnx --passes "quant{target_top1=0.95}" --calib c.npz --val v.npz
+    onnxopt optimize model.onnx --passes "quant{target_top1=0.95}" --calib c.npz
 """
 
 from __future__ import annotations

@@ -47,7 +47,18 @@ def test_optimize_with_config_and_validation_data(digits_model, tmp_path):
         np.savez(inputs_only, input=archive["input"][:64])
     result = run_cli("optimize", digits_model, "-o", out, "--config", config, "--val", inputs_only)
     assert result.returncode == 0, result.stderr
-    assert "val_inputs.npz (64 samples)" in result.stdout
+    assert "fidelity measured on --val: val_inputs.npz (64 samples)" in result.stdout
+
+
+def test_optimize_labels_in_sample_fidelity(digits_model, tmp_path):
+    calib = tmp_path / "few.npz"
+    with np.load(digits_model.parent / "digits_calib.npz") as archive:
+        np.savez(calib, input=archive["input"][:40])
+    out = tmp_path / "digits.opt.onnx"
+    result = run_cli("optimize", digits_model, "-o", out, "--passes", "quant", "--calib", calib)
+    assert result.returncode == 0, result.stderr
+    assert "fidelity measured on in-sample: few.npz (40 samples) has 40 samples" in result.stdout
+    assert "warning: these fidelity numbers are in-sample" in result.stdout
 
 
 def test_passes_lists_options():

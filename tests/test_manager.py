@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from onnxopt import api
 from onnxopt.infra import checks
 from onnxopt.infra.analysis import AnalysisCache
-from onnxopt.infra.errors import CheckFailed, PassCrashed, PassRefused
+from onnxopt.infra.errors import CheckFailed, OptionError, PassCrashed, PassRefused
 from onnxopt.infra.manager import GATE_CALIBRATION_SAMPLES
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassResult
@@ -218,14 +218,77 @@ def test_one_changed_pass_reports_its_gate_fidelity_without_running_the_data_aga
     assert calls[-1][0] is calls[0][0] and calls[-1][1] is calls[1][1]
 
 
-def test_gates_use_all_validation_data_but_only_the_first_calibration_samples(tmp_path):
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", x=rng.standard_normal((200, 8)).astype(np.float32))
+SEEN_ROWS: list[np.ndarray] = []
+
+
+@register_pass
+class _RecordingPass(Pass):
+    """Test pass: records the calibration samples it is given, then rewrites the model."""
+
+    name = "test-record-data"
+    summary = "test only"
+
+    def apply(self, model, ctx):
+        SEEN_ROWS.append(np.concatenate([feed["x"][:, 0] for feed in ctx.calibration]))
+        model.graph.node[1].name = "touched"
+        return PassResult(model, True)
+
+
+def _indexed_data(tmp_path, samples: int):
+    """`samples` rows whose first value is the row's index: a pass's view is traceable."""
+    x = np.zeros((samples, 8), np.float32)
+    x[:, 0] = np.arange(samples)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x)
     model = _relu_model()
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "n"
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "n"
-    data = tmp_path / "data.npz"
-    calibrated = api.optimize(model, passes="test-analysis{touch=true}", calib=data)
-    assert calibrated.report.passes[0].fidelity["samples"] == GATE_CALIBRATION_SAMPLES
-    validated = api.optimize(model, passes="test-analysis{touch=true}", calib=data, val=data)
-    assert validated.report.passes[0].fidelity["samples"] == 200
+    return model, path
+
+
+def test_gates_measure_on_a_holdout_no_pass_sees(tmp_path):
+    model, data = _indexed_data(tmp_path, 200)
+    SEEN_ROWS.clear()
+    result = api.optimize(model, passes="test-record-data", calib=data, seed=3)
+    report = result.report
+    assert report.fidelity_on == "holdout: 40 of 200 samples of data.npz (200 samples)"
+    assert report.fidelity_in_sample is False
+    assert report.passes[0].fidelity["samples"] == 40
+    assert report.fidelity["samples"] == 40
+    seen = SEEN_ROWS[0]
+    assert len(seen) == 160 and len(set(seen.tolist())) == 160
+    SEEN_ROWS.clear()
+    api.optimize(model, passes="test-record-data", calib=data, seed=3)
+    np.testing.assert_array_equal(SEEN_ROWS[0], seen)  # the holdout is seeded
+    SEEN_ROWS.clear()
+    api.optimize(model, passes="test-record-data", calib=data, seed=4)
+    assert not np.array_equal(SEEN_ROWS[0], seen)
+
+
+def test_validation_data_leaves_all_calibration_samples_to_the_passes(tmp_path):
+    model, data = _indexed_data(tmp_path, 200)
+    SEEN_ROWS.clear()
+    result = api.optimize(model, passes="test-record-data", calib=data, val=data)
+    assert result.report.fidelity_on == "--val: data.npz (200 samples)"
+    assert result.report.passes[0].fidelity["samples"] == 200
+    np.testing.assert_array_equal(SEEN_ROWS[0], np.arange(200))
+
+
+@pytest.mark.parametrize(("samples", "holdout"), [(40, 0.2), (200, 0.0)])
+def test_too_little_data_or_no_holdout_is_labelled_in_sample(tmp_path, samples, holdout):
+    model, data = _indexed_data(tmp_path, samples)
+    SEEN_ROWS.clear()
+    result = api.optimize(
+        model, passes="test-record-data", calib=data, holdout=holdout
+    )
+    assert result.report.fidelity_in_sample is True
+    assert result.report.fidelity_on.startswith("in-sample: ")
+    assert result.report.passes[0].fidelity["samples"] == min(samples, GATE_CALIBRATION_SAMPLES)
+    np.testing.assert_array_equal(SEEN_ROWS[0], np.arange(samples))
+
+
+def test_a_holdout_over_the_limit_is_refused():
+    with pytest.raises(OptionError, match="holdout must be a fraction"):
+        api.optimize(_relu_model(), passes="cleanup", holdout=0.9)
+
+

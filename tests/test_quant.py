@@ -24,8 +24,8 @@ from tests.test_quant_parts import stem_block_model
 DIGITS_VAL = REPO / "examples" / "digits_val.npz"
 
 
-def quantize(model, calib, validation=None, **options):
-    ctx = PassContext(calibration=calib, validation=validation)
+def quantize(model, calib, **options):
+    ctx = PassContext(calibration=calib)
     opts = build_options(QuantOptions, options, "quant")
     return QuantPass(opts).run(model, ctx)
 
@@ -218,11 +218,9 @@ def test_exclude_by_op_type_and_name(digits):
 def test_fallback_keeps_sensitive_layers_float_to_meet_target(digits):
     model, calib = digits
     val = np.load(DIGITS_VAL)
-    validation = IterableSource([{"input": val["input"][:256]}], input_specs(model))
     result = quantize(
         model,
         calib,
-        validation,
         target_cosine=0.99999,
         rounding="nearest",
         bias_correction=False,

@@ -44,12 +44,16 @@ EXACT = Fidelity(max_rel_error=1e-5)
 
 @dataclass
 class PassContext:
-    """What a pass may use besides the model: data, provider, seed, analyses, scratch space."""
+    """What a pass may use besides the model: data, provider, seed, analyses, scratch space.
+
+    `calibration` is what the pass may fit on. The data the manager measures fidelity on
+    (--val, or its holdout of the calibration samples) is deliberately not here: a pass that
+    chose anything on it would make the gate's number in-sample.
+    """
 
     provider: str = "cpu"
     seed: int = 0
     calibration: DataSource | None = None
-    validation: DataSource | None = None
     analyses: AnalysisCache = field(default_factory=AnalysisCache)
     workdir: Path | None = None
 

@@ -50,6 +50,10 @@ class RunReport:
     output: str = ""
     calibration: str | None = None
     validation: str = ""
+    fidelity_on: str = ""
+    """What every fidelity number of the run was measured on, in words."""
+    fidelity_in_sample: bool = False
+    """True when that data is data the passes fitted on (too little to hold any out)."""
     checker_level: str = "full"
     passes: list[PassRecord] = field(default_factory=list)
     before: dict[str, Any] = field(default_factory=dict)

@@ -1,12 +1,13 @@
 """Accuracy-aware fallback: keep the fewest quantized nodes in float so that the model meets a
-fidelity target (output cosine or top-1 agreement with the float model) on validation data.
+fidelity target (output cosine or top-1 agreement with the float model) on calibration data.
 
 The unit of fallback is a quantized tensor: dropping its Q/DQ pair means that the node producing
 it and the int8 nodes reading it run in float (a lone float node would still read and write
 quantized tensors, so it would remove only its weight rounding). Sensitivity of a unit = how
 much the output cosine improves when only that unit is float (on a subset of the data). Units
-are ranked by it, and the smallest prefix of the ranking that meets the target on the full
-validation data is found by doubling, then bisection.
+are ranked by it, and the smallest prefix of the ranking that meets the target on the
+calibration data is found by doubling, then bisection. The pass never sees the data the
+manager's gate measures on, so the gate says whether the target holds on new inputs.
 """
 
 from __future__ import annotations

@@ -245,9 +245,8 @@ class QuantRun:
 
     def fallback(self, model, dtypes, config, plan, calibrator, quantized):
         """Keep the most sensitive nodes float until the fidelity targets are met."""
-        data = self.ctx.validation or self.data
-        if self.ctx.validation is None:
-            self.skipped.append("fallback judged on the calibration data: no validation data given")
+        # Judged on calibration samples: the manager's fidelity data stays unseen by passes.
+        data = self.data
         plans: dict[frozenset[str], Plan] = {frozenset(): plan}
 
         def build(kept: frozenset[str]) -> onnx.ModelProto:
