@@ -13,6 +13,7 @@ lengths), the data stay whole and every fidelity number is labelled in-sample.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -35,6 +36,9 @@ CACHE_BYTES = 256 * 2**20
 every pass, and an image folder would otherwise be decoded again each time."""
 
 
+_COUNT_SUFFIX = re.compile(r" \(\d+ (samples|files|images)\)$")
+
+
 @dataclass
 class Split:
     """What passes fit on, what fidelity is measured on, and a sentence saying which is which."""
@@ -53,7 +57,7 @@ def split_holdout(
 ) -> Split:
     """Set aside a seeded random `fraction` of `source`'s samples (clamped to
     [MIN_HOLDOUT, MAX_HOLDOUT]); the rest is what passes may fit on."""
-    name = source.description
+    name = _COUNT_SUFFIX.sub("", source.description)  # "calib.npz (1024 samples)": counted here
     if fraction <= 0:
         return Split(source, None, f"in-sample: --holdout 0 keeps all of {name} for fitting")
     total, reason = count_samples(source)
@@ -74,7 +78,7 @@ def split_holdout(
     rng = np.random.default_rng([seed, total, 0x401D])
     chosen = np.zeros(total, dtype=bool)
     chosen[rng.choice(total, size=wanted, replace=False)] = True
-    fit = RowSubset(source, np.flatnonzero(~chosen), batch, fixed, f"{name} minus the holdout")
+    fit = RowSubset(source, np.flatnonzero(~chosen), batch, fixed, f"{name} but the holdout")
     holdout = RowSubset(
         source, np.flatnonzero(chosen), batch, fixed, f"holdout of {name}", cache=True
     )

@@ -28,7 +28,8 @@ def test_split_is_disjoint_complete_and_batched(tmp_path):
     assert sorted(held + fit) == list(range(1000))
     assert held != list(range(200))  # random, not the first samples: files are often sorted
     assert {len(f["x"]) for f in split.fit} == {8}  # NpzSource's batch size
-    assert split.note == "holdout: 200 of 1000 samples of d.npz (1000 samples)"
+    assert split.note == "holdout: 200 of 1000 samples of d.npz"
+    assert split.holdout.description == "holdout of d.npz (200 samples)"
 
 
 def test_holdout_size_is_clamped(tmp_path):

@@ -251,7 +251,7 @@ def test_gates_measure_on_a_holdout_no_pass_sees(tmp_path):
     SEEN_ROWS.clear()
     result = api.optimize(model, passes="test-record-data", calib=data, seed=3)
     report = result.report
-    assert report.fidelity_on == "holdout: 40 of 200 samples of data.npz (200 samples)"
+    assert report.fidelity_on == "holdout: 40 of 200 samples of data.npz"
     assert report.fidelity_in_sample is False
     assert report.passes[0].fidelity["samples"] == 40
     assert report.fidelity["samples"] == 40
@@ -278,9 +278,7 @@ def test_validation_data_leaves_all_calibration_samples_to_the_passes(tmp_path):
 def test_too_little_data_or_no_holdout_is_labelled_in_sample(tmp_path, samples, holdout):
     model, data = _indexed_data(tmp_path, samples)
     SEEN_ROWS.clear()
-    result = api.optimize(
-        model, passes="test-record-data", calib=data, holdout=holdout
-    )
+    result = api.optimize(model, passes="test-record-data", calib=data, holdout=holdout)
     assert result.report.fidelity_in_sample is True
     assert result.report.fidelity_on.startswith("in-sample: ")
     assert result.report.passes[0].fidelity["samples"] == min(samples, GATE_CALIBRATION_SAMPLES)
@@ -290,5 +288,3 @@ def test_too_little_data_or_no_holdout_is_labelled_in_sample(tmp_path, samples, 
 def test_a_holdout_over_the_limit_is_refused():
     with pytest.raises(OptionError, match="holdout must be a fraction"):
         api.optimize(_relu_model(), passes="cleanup", holdout=0.9)
-
-

@@ -65,6 +65,11 @@ def test_digits_half_the_channels_keeps_accuracy(digits, digits_half):
     stats = result.stats
     assert stats["before_reconstruction"]["top1_agreement"] < 0.5  # what magnitude pruning leaves
     assert stats["after_reconstruction"]["top1_agreement"] >= 0.95
+    assert stats["fidelity_data"].startswith("refit held-out samples (32 samples)")
+    assert stats["layers_refit"] + stats["layers_kept_pruned"] == len(stats["layers"]) > 0
+    applied = [layer for layer in stats["layers"] if layer["applied"]]
+    assert all(la["error_held_out"] < la["unrefit_error_held_out"] for la in applied)
+    assert stats["refit_error_held_out"] < stats["unrefit_error_held_out"]
     assert count_macs(result.model).total <= 0.3 * count_macs(digits).total
     assert stats["channels_after"] * 2 == stats["channels_before"]
     assert stats["params_after"] < 0.35 * stats["params_before"]

@@ -1,15 +1,24 @@
 """Normal equations of one layer's refit, accumulated batch by batch, and their ridge solution.
 
 The ridge pulls the solution toward the pruned weights `w0`; its strength is relative to the
-mean diagonal of x'x (unitless). When not given, it is chosen per layer by two-fold cross-
-validation over calibration batches (even and odd batches), from the normal equations alone.
+mean diagonal of x'x (unitless). It is chosen per layer on held-out samples (other images than
+the ones fitted), from the normal equations alone, and a refit that does not beat the pruned
+weights on them is not applied.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+"""Ridge strengths tried per layer; the largest ones leave the pruned weights nearly as they
+are (the bias still absorbs the mean shift)."""
+DEFAULT_RIDGE = 1e-2
+MAX_MOVE = 1.0
+"""Default bound on |W - w0| / |w0|: a refit may at most double the pruned weights' norm in
+change."""
 
 
 class NormalEquations:
@@ -39,7 +48,14 @@ class NormalEquations:
         return both
 
     def means(self) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """The centering of a fit: the means with an intercept, else none."""
         if not self.intercept or self.n == 0:
+            return 0.0, 0.0
+        return self.sx / self.n, self.sy / self.n
+
+    def means_for_variance(self) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """The row means whether or not the fit has an intercept (for the targets' variance)."""
+        if self.n == 0:
             return 0.0, 0.0
         return self.sx / self.n, self.sy / self.n
 
@@ -71,30 +87,79 @@ class NormalEquations:
         return yy - 2 * float(np.sum(w * xy)) + float(np.sum(w * (xx @ w)))
 
 
-class FoldedEquations:
-    """Two folds of normal equations; the ridge is cross-validated across them when not given."""
+@dataclass
+class RefitChoice:
+    """One layer's refit as chosen on held-out samples, with its in- and out-of-sample errors.
+
+    Errors are relative: squared error over the targets' variance (0 = exact, 1 = no better
+    than predicting the mean). `held_out_error` is the chosen refit's error on the held-out
+    samples, `unrefit_error` the pruned weights' error there; None without held-out samples.
+    """
+
+    w: np.ndarray
+    bias: np.ndarray | None
+    applied: bool
+    ridge: float | None
+    fit_error: float
+    held_out_error: float | None
+    unrefit_error: float | None
+    move: float
+    """|W - w0| / |w0| (Frobenius) of the chosen refit."""
+
+
+class HeldOutRefit:
+    """Normal equations of the samples a refit fits on, and of held-out samples that judge it.
+
+    The ridge is the one with the least error on the held-out samples among those that move
+    the weights at most `max_move` (relative) from the pruned ones; the refit is applied only
+    when it beats the pruned weights there. Without held-out samples the given ridge (else
+    DEFAULT_RIDGE) is applied unchecked.
+    """
 
     def __init__(self, intercept: bool) -> None:
-        self.folds = (NormalEquations(intercept), NormalEquations(intercept))
+        self.fit = NormalEquations(intercept)
+        self.held_out = NormalEquations(intercept)
 
-    def add(self, x: np.ndarray, y: np.ndarray, batch: int) -> None:
-        self.folds[batch % 2].add(x, y)
+    def add(self, x: np.ndarray, y: np.ndarray, held_out: bool) -> None:
+        (self.held_out if held_out else self.fit).add(x, y)
 
-    def solve(
-        self, w0: np.ndarray, ridge: float | None
-    ) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """(W, bias, the ridge used)."""
-        first, second = self.folds
-        if ridge is None:
-            ridge = self.cross_validate(w0) if first.n and second.n else RIDGE_GRID[1]
-        w, bias = first.merged(second).fit(w0, ridge)
-        return w, bias, ridge
+    def choose(
+        self, w0: np.ndarray, b0: np.ndarray | float, ridge: float | None, max_move: float
+    ) -> RefitChoice:
+        grid = RIDGE_GRID if ridge is None else (ridge,)
+        mx, my = self.fit.means()
+        norm0 = max(float(np.linalg.norm(w0)), 1e-12)
+        candidates = []
+        for lam in grid:
+            w, bias = self.fit.fit(w0, lam)
+            move = float(np.linalg.norm(w - w0)) / norm0
+            if move <= max_move or lam == grid[-1]:
+                candidates.append((lam, w, bias, move))
+        if not self.held_out.n:
+            lam, w, bias, move = _closest(candidates, ridge if ridge is not None else DEFAULT_RIDGE)
+            return RefitChoice(
+                w, bias, True, lam, self._relative(self.fit, w, mx, my), None, None, move
+            )
+        scored = [(self._relative(self.held_out, c[1], mx, my), c) for c in candidates]
+        best_error, (lam, w, bias, move) = min(scored, key=lambda item: item[0])
+        # the pruned layer predicts x @ w0 + b0, i.e. (x - 0) @ w0 against (y - b0)
+        b0 = np.asarray(b0, np.float64)
+        unrefit = self._relative(self.held_out, w0, 0.0, b0)
+        applied = best_error < unrefit
+        fit_error = self._relative(self.fit, w, mx, my)
+        if not applied:
+            w, bias, lam, move = w0, None, None, 0.0
+            fit_error = self._relative(self.fit, w0, 0.0, b0)
+        return RefitChoice(w, bias, applied, lam, fit_error, best_error, unrefit, move)
 
-    def cross_validate(self, w0: np.ndarray) -> float:
-        errors = np.zeros(len(RIDGE_GRID))
-        for train, test in (self.folds, self.folds[::-1]):
-            mx, my = train.means()
-            for i, ridge in enumerate(RIDGE_GRID):
-                w, _ = train.fit(w0, ridge)
-                errors[i] += test.error(w, None, mx, my)
-        return RIDGE_GRID[int(np.argmin(errors))]
+    @staticmethod
+    def _relative(rows: NormalEquations, w: np.ndarray, mx, my) -> float:
+        """Squared error of (x - mx) @ w against (y - my), over the variance of y."""
+        if rows.n == 0:
+            return 0.0
+        variance = rows.about(*rows.means_for_variance())[2]
+        return float(rows.error(w, None, mx, my)) / max(variance, 1e-30)
+
+
+def _closest(candidates: list, ridge: float) -> tuple:
+    return min(candidates, key=lambda c: abs(np.log(c[0]) - np.log(ridge)))

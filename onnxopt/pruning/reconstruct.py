@@ -6,6 +6,11 @@ the same layer (restricted to the output channels it keeps): He et al. 2017 / Th
 fine-tuning. Layers are refit in topological waves: a layer's inputs come from the student
 after every layer upstream of it has been refit, so errors do not accumulate.
 
+Each layer's ridge, and whether it is refit at all, is chosen on held-out samples (the ones
+after the fitted ones): a refit is written only where it predicts the teacher better than the
+pruned weights on images it was not fitted on, and it moves the weights at most `max_move`
+from the pruned ones. The stats give each layer's error in-sample and held out, and totals.
+
 Rows are `positions` sampled output positions per image (im2col patches for a Conv). The
 teacher runs once per chunk of waves and keeps only its targets at those positions (chunks
 are sized to `cache_mb`); the student runs once per wave. The normal equations are accumulated
@@ -24,11 +29,12 @@ import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
 from onnxopt.data import DataSource
+from onnxopt.holdout import count_samples, row_range
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
 from onnxopt.ir.shapes import infer_shapes
 from onnxopt.pruning.activations import TensorReader, batches
-from onnxopt.pruning.lstsq import FoldedEquations
+from onnxopt.pruning.lstsq import MAX_MOVE, HeldOutRefit, RefitChoice
 from onnxopt.pruning.rows import LayerRows, Where, target_rows
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,41 @@ class RefitSettings:
     seed: int = 0
     provider: str = "cpu"
     cache_mb: float = 1024.0
+    held_out: int = 64
+    """Samples after the fitted ones that choose each layer's ridge and whether it is refit."""
+    max_move: float = MAX_MOVE
+
+
+@dataclass(frozen=True)
+class RefitData:
+    """The samples a refit fits on, and the later samples that judge it (None: none spare)."""
+
+    fit: DataSource
+    held_out: DataSource | None
+
+
+MIN_HELD_OUT = 4
+
+
+def refit_data(data: DataSource, settings: RefitSettings) -> RefitData:
+    """The first `samples` calibration samples to fit, the next `held_out` to judge the fit.
+
+    With fewer samples than both, a quarter of what there is is held out (none below
+    MIN_HELD_OUT: the refit is then applied unchecked)."""
+    total, reason = count_samples(data) if settings.held_out else (0, "no held-out samples")
+    if reason:
+        return RefitData(data, None)
+    held = settings.held_out
+    fit = settings.samples
+    if total < fit + held:
+        held = min(held, total // 4)
+        fit = total - held
+    if held < MIN_HELD_OUT:
+        return RefitData(data, None)
+    return RefitData(
+        row_range(data, 0, fit, "refit samples"),
+        row_range(data, fit, fit + held, "refit held-out samples"),
+    )
 
 
 def refit_candidates(model: onnx.ModelProto, changed: set[str]) -> list[onnx.NodeProto]:
@@ -97,13 +138,14 @@ class Reconstruction:
         student,
         groups: ChannelGroups,
         keep,
-        data: DataSource,
+        data: RefitData,
         settings: RefitSettings,
     ):
         self.teacher, self.student = teacher, student
         self.groups, self.keep = groups, keep
         self.data, self.settings = data, settings
         self.teacher_shapes = infer_shapes(teacher)
+        self.choices: dict[str, RefitChoice] = {}
 
     def run(self, changed: set[str]) -> dict:
         layers = refit_candidates(self.student, changed)
@@ -123,11 +165,20 @@ class Reconstruction:
                 self._refit_wave(wave, cache)
         remove_dead_code(self.student)
         return {
-            "layers_refit": len(layers),
+            "layers_refit": sum(c.applied for c in self.choices.values()),
+            "layers_kept_pruned": sum(not c.applied for c in self.choices.values()),
             "waves": len(schedule),
             "teacher_passes": len(chunks),
             "ridge_median": float(np.median(self.ridges)) if self.ridges else None,
+            **_error_totals(self.choices.values()),
+            "layers": [_choice_stats(name, c) for name, c in self.choices.items()],
         }
+
+    def _feeds(self):
+        """(held out?, feed): the fit samples' batches, then the held-out ones."""
+        yield from ((False, feed) for feed in batches(self.data.fit, self.settings.samples))
+        if self.data.held_out is not None:
+            yield from ((True, feed) for feed in self.data.held_out)
 
     def _chunks(self, schedule: list[list[str]]) -> list[list[list[str]]]:
         """Consecutive waves whose cached teacher targets fit in `cache_mb`."""
@@ -164,7 +215,7 @@ class Reconstruction:
             self.teacher, sorted(names), self.settings.provider, self.teacher_shapes
         )
         cache: dict[str, list] = {name: [] for name in names}
-        for batch, feed in enumerate(batches(self.data, self.settings.samples)):
+        for batch, (_, feed) in enumerate(self._feeds()):
             outputs = reader(feed)
             for name in names:
                 rows = self.rows[name]
@@ -182,21 +233,22 @@ class Reconstruction:
     def _refit_wave(self, wave: list[str], cache: dict) -> None:
         inputs = sorted({self.nodes[name].input[0] for name in wave})
         reader = TensorReader(self.student, inputs, self.settings.provider)
-        problems = {name: FoldedEquations(self.nodes[name].op_type != "MatMul") for name in wave}
-        for batch, feed in enumerate(batches(self.data, self.settings.samples)):
+        problems = {name: HeldOutRefit(self.nodes[name].op_type != "MatMul") for name in wave}
+        for batch, (held_out, feed) in enumerate(self._feeds()):
             xs = reader(feed)
             for name in wave:
                 where, targets = cache[name][batch]
                 x = self.rows[name].inputs(xs[self.nodes[name].input[0]], where)
-                problems[name].add(x, targets, batch)
+                problems[name].add(x, targets, held_out)
         index = GraphIndex(self.student.graph)
         for name in wave:
-            node = self.nodes[name]
-            self.ridges.append(
-                WRITERS[node.op_type](
-                    self.student, index, node, problems[name], self.settings.ridge
-                )
-            )
+            layer = LAYERS[self.nodes[name].op_type]
+            w0, b0 = layer.initial(index, self.nodes[name])
+            choice = problems[name].choose(w0, b0, self.settings.ridge, self.settings.max_move)
+            if choice.applied:
+                layer.write(self.student, index, self.nodes[name], choice)
+                self.ridges.append(choice.ridge)
+            self.choices[name] = choice
             del cache[name]
 
 
@@ -206,7 +258,7 @@ def reconstruct(
     groups: ChannelGroups,
     keep: dict[int, np.ndarray],
     changed: set[str],
-    data: DataSource,
+    data: RefitData,
     settings: RefitSettings,
 ) -> tuple[onnx.ModelProto, dict]:
     """Refit the student's layers downstream of `changed` tensors; returns (model, stats)."""
@@ -214,39 +266,99 @@ def reconstruct(
     return student, stats
 
 
-# --- writing the refit weights back ----------------------------------------------------------
+# --- per-layer statistics --------------------------------------------------------------------
 
 
-def _write_conv(model, index, node, problem, ridge):
-    weight = index.constant(node.input[1])
-    w0 = weight.reshape(weight.shape[0], -1).T
-    w, bias, used = problem.solve(w0.astype(np.float64), ridge)
-    _set_input(model, node, 1, w.T.reshape(weight.shape).astype(weight.dtype), "weight_refit")
-    _set_input(model, node, 2, bias.astype(weight.dtype), "bias_refit")
-    return used
+def _error_totals(choices) -> dict:
+    """Mean relative error over the layers: in-sample, held-out, and the pruned weights'."""
+    choices = list(choices)
+    checked = [c for c in choices if c.held_out_error is not None]
+
+    def mean(values) -> float | None:
+        values = list(values)
+        return round(float(np.mean(values)), 6) if values else None
+
+    return {
+        "refit_error_in_sample": mean(c.fit_error for c in choices),
+        "refit_error_held_out": mean(c.held_out_error for c in checked),
+        "unrefit_error_held_out": mean(c.unrefit_error for c in checked),
+    }
 
 
-def _write_gemm(model, index, node, problem, ridge):
-    weight = index.constant(node.input[1])
-    trans_b = bool(node_attr(node, "transB", 0))
-    alpha = float(node_attr(node, "alpha", 1.0))
-    w0 = (weight.T if trans_b else weight) * alpha
-    w, bias, used = problem.solve(w0.astype(np.float64), ridge)
-    _set_input(model, node, 1, (w.T if trans_b else w).astype(weight.dtype), "weight_refit")
-    _set_input(model, node, 2, bias.astype(weight.dtype), "bias_refit")
-    set_attribute(node, "alpha", 1.0)
-    set_attribute(node, "beta", 1.0)
-    return used
+def _choice_stats(name: str, choice: RefitChoice) -> dict:
+    def rounded(value):
+        return None if value is None else round(float(value), 6)
+
+    return {
+        "layer": name,
+        "applied": choice.applied,
+        "ridge": choice.ridge,
+        "move": rounded(choice.move),
+        "error_in_sample": rounded(choice.fit_error),
+        "error_held_out": rounded(choice.held_out_error),
+        "unrefit_error_held_out": rounded(choice.unrefit_error),
+    }
 
 
-def _write_matmul(model, index, node, problem, ridge):
-    weight = index.constant(node.input[1])
-    w, _, used = problem.solve(weight.astype(np.float64), ridge)
-    _set_input(model, node, 1, w.astype(weight.dtype), "weight_refit")
-    return used
+# --- the layers a refit can write: their pruned weights, and writing a refit back -------------
 
 
-WRITERS = {"Conv": _write_conv, "Gemm": _write_gemm, "MatMul": _write_matmul}
+class _Conv:
+    @staticmethod
+    def initial(index, node):
+        weight = index.constant(node.input[1])
+        w0 = weight.reshape(weight.shape[0], -1).T.astype(np.float64)
+        return w0, _bias(index, node, weight.shape[0])
+
+    @staticmethod
+    def write(model, index, node, choice: RefitChoice):
+        weight = index.constant(node.input[1])
+        value = choice.w.T.reshape(weight.shape).astype(weight.dtype)
+        _set_input(model, node, 1, value, "weight_refit")
+        _set_input(model, node, 2, choice.bias.astype(weight.dtype), "bias_refit")
+
+
+class _Gemm:
+    @staticmethod
+    def initial(index, node):
+        weight = index.constant(node.input[1])
+        trans_b = bool(node_attr(node, "transB", 0))
+        w0 = ((weight.T if trans_b else weight) * float(node_attr(node, "alpha", 1.0))).astype(
+            np.float64
+        )
+        return w0, _bias(index, node, w0.shape[1]) * float(node_attr(node, "beta", 1.0))
+
+    @staticmethod
+    def write(model, index, node, choice: RefitChoice):
+        weight = index.constant(node.input[1])
+        trans_b = bool(node_attr(node, "transB", 0))
+        value = (choice.w.T if trans_b else choice.w).astype(weight.dtype)
+        _set_input(model, node, 1, value, "weight_refit")
+        _set_input(model, node, 2, choice.bias.astype(weight.dtype), "bias_refit")
+        set_attribute(node, "alpha", 1.0)
+        set_attribute(node, "beta", 1.0)
+
+
+class _MatMul:
+    @staticmethod
+    def initial(index, node):
+        return index.constant(node.input[1]).astype(np.float64), 0.0
+
+    @staticmethod
+    def write(model, index, node, choice: RefitChoice):
+        weight = index.constant(node.input[1])
+        _set_input(model, node, 1, choice.w.astype(weight.dtype), "weight_refit")
+
+
+LAYERS = {"Conv": _Conv, "Gemm": _Gemm, "MatMul": _MatMul}
+
+
+def _bias(index: GraphIndex, node: onnx.NodeProto, outputs: int) -> np.ndarray:
+    """The layer's bias as a vector of `outputs` (zeros when it has none)."""
+    if len(node.input) > 2 and node.input[2]:
+        value = np.asarray(index.constant(node.input[2]), np.float64)
+        return np.broadcast_to(value.reshape(-1) if value.size > 1 else value, (outputs,)).copy()
+    return np.zeros(outputs)
 
 
 def _set_input(

@@ -34,7 +34,7 @@ from onnxopt.data import (
     take_rows,
 )
 from onnxopt.pruning.fidelity import FidelityProbe
-from onnxopt.pruning.reconstruct import RefitSettings, reconstruct
+from onnxopt.pruning.reconstruct import RefitData, RefitSettings, reconstruct
 from onnxopt.pruning.rewrite import apply_keep, changed_tensors
 from onnxopt.pruning.select import Keep, top_channels
 
@@ -77,9 +77,13 @@ def probe_groups(
     if split is None:
         return {}
     specs = input_specs(teacher)
-    fit = IterableSource(split[0], specs)
+    fit = RefitData(IterableSource(split[0], specs), None)  # the probe's own held-out judges
     held = FidelityProbe(teacher, IterableSource(split[1], specs), provider)
-    refit = None if settings is None else dataclasses.replace(settings, samples=PROBE_SAMPLES)
+    refit = (
+        None
+        if settings is None
+        else dataclasses.replace(settings, samples=PROBE_SAMPLES, held_out=0)
+    )
     probes = {}
     for group, count in sorted(counts.items()):
         score = scores[group]
