@@ -125,6 +125,10 @@ class PruneOptions:
         "a refit changes a layer's weights by at most this fraction of their norm",
         low=0.0,
     )
+    augment: bool = option(
+        True,
+        "refit also on calibration samples blended with each other (and mirrored, for images)",
+    )
     min_cosine: float = option(
         0.9,
         "roll back unless the outputs' cosine to the input model stays >= this",
@@ -229,6 +233,7 @@ class PrunePass(Pass):
             ctx.provider,
             held_out=o.held_out,
             max_move=o.max_move,
+            augment=o.augment,
         )
 
     def _wanted(self, groups: ChannelGroups, skipped: list[str]) -> set[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from onnxopt.pruning.augment import MIX_LOW, augment
 from onnxopt.pruning.lstsq import HeldOutRefit
 
 
@@ -58,3 +59,26 @@ def test_without_held_out_samples_the_given_ridge_is_applied_unchecked():
     choice = refit.choose(np.zeros((4, 2)), np.zeros(2), ridge=0.1, max_move=np.inf)
     assert choice.applied and choice.ridge == pytest.approx(0.1)
     assert choice.held_out_error is None and choice.unrefit_error is None
+
+
+def test_augmented_batches_are_blends_and_deterministic():
+    rng = np.random.default_rng(4)
+    feed = {"image": rng.random((6, 3, 4, 5), np.float32), "ids": np.arange(6)}
+    mixed = augment(feed, None, seed=0, batch=2)
+    again = augment(feed, None, seed=0, batch=2)
+    np.testing.assert_array_equal(mixed["image"], again["image"])
+    assert not np.array_equal(mixed["image"], augment(feed, None, seed=0, batch=3)["image"])
+    assert mixed["image"].shape == feed["image"].shape and mixed["image"].dtype == np.float32
+    np.testing.assert_array_equal(mixed["ids"], feed["ids"])  # integers are not blended
+    low, high = feed["image"].min(), feed["image"].max()
+    assert low <= mixed["image"].min() and mixed["image"].max() <= high  # convex blends
+
+
+def test_one_sample_batches_blend_with_the_previous_batch():
+    first = {"x": np.zeros((1, 3), np.float32)}
+    second = {"x": np.ones((1, 3), np.float32)}
+    assert augment(first, None, seed=0, batch=0) is None
+    blended = augment(second, first, seed=0, batch=1)["x"]
+    assert np.all((blended >= MIX_LOW) & (blended < 1.0))
+    scalar = {"x": np.ones((2, 3), np.float32), "s": np.array(2.0, np.float32)}
+    assert augment(scalar, None, seed=0, batch=0) is None

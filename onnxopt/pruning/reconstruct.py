@@ -34,6 +34,7 @@ from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
 from onnxopt.ir.shapes import infer_shapes
 from onnxopt.pruning.activations import TensorReader, batches
+from onnxopt.pruning.augment import augment
 from onnxopt.pruning.lstsq import MAX_MOVE, HeldOutRefit, RefitChoice
 from onnxopt.pruning.rows import LayerRows, Where, target_rows
 
@@ -51,6 +52,8 @@ class RefitSettings:
     held_out: int = 64
     """Samples after the fitted ones that choose each layer's ridge and whether it is refit."""
     max_move: float = MAX_MOVE
+    augment: bool = True
+    """Fit also on blended (and, for images, mirrored) samples; held-out ones stay real."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,15 @@ class Reconstruction:
 
     def _feeds(self):
         """(held out?, feed): the fit samples' batches, then the held-out ones."""
-        yield from ((False, feed) for feed in batches(self.data.fit, self.settings.samples))
+        fit = batches(self.data.fit, self.settings.samples)
+        previous = None
+        for batch, feed in enumerate(fit):
+            yield False, feed
+            if self.settings.augment:
+                mixed = augment(feed, previous, self.settings.seed, batch)
+                if mixed is not None:
+                    yield False, mixed
+            previous = feed
         if self.data.held_out is not None:
             yield from ((True, feed) for feed in self.data.held_out)
 
