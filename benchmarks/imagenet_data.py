@@ -4,6 +4,10 @@ No download: only photos bundled in the installed wheels are used. Crop ``i`` is
 ``PHOTOS[i % len(PHOTOS)]`` with a random-resized-crop (scale, aspect ratio, horizontal flip)
 drawn from an RNG seeded by ``(seed, i)``, so crop ``i`` is the same whatever ``n`` is and
 callers draw disjoint sets with disjoint index ranges (``offset``) or different seeds.
+
+``photos=`` picks another list of photos (crop ``i`` from ``photos[i % len(photos)]``):
+``CALIBRATION_PHOTOS`` and ``OTHER_PHOTOS`` share no photo, so crops of the second set show
+nothing a model calibrated on the first has seen.
 """
 
 from __future__ import annotations
@@ -35,6 +39,27 @@ PHOTOS = (
 )
 """Photo names; gray ones (camera, coins, clock) are replicated to RGB."""
 
+CALIBRATION_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "rocket",
+    "china",
+    "camera",
+    "coins",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "moon",
+)
+"""Photos to calibrate on (and to draw new crops of the calibration photos from)."""
+OTHER_PHOTOS = ("chelsea", "flower", "motorcycle", "clock", "brick", "grass", "gravel", "page")
+"""Photos that share none with ``CALIBRATION_PHOTOS``: out-of-sample images."""
+KNOWN_PHOTOS = tuple(dict.fromkeys(PHOTOS + CALIBRATION_PHOTOS + OTHER_PHOTOS))
+
+LARGEST_SIDE = 1024
+"""Larger photos (retina: 1411x1411) are downscaled by an integer factor below this; crops
+are resized to 224 anyway."""
+
 SCALE = (0.25, 1.0)
 """Range of the crop's area as a fraction of the photo's area."""
 RATIO = (3 / 4, 4 / 3)
@@ -51,13 +76,17 @@ def _load(name: str) -> np.ndarray:
 
 @functools.cache
 def load_photo(name: str) -> np.ndarray:
-    """The photo ``name`` (one of ``PHOTOS``) as an HxWx3 uint8 array."""
-    if name not in PHOTOS:
-        raise ValueError(f"unknown photo {name!r}; valid: {', '.join(PHOTOS)}")
+    """The photo ``name`` (one of ``KNOWN_PHOTOS``) as an HxWx3 uint8 array."""
+    if name not in KNOWN_PHOTOS:
+        raise ValueError(f"unknown photo {name!r}; valid: {', '.join(KNOWN_PHOTOS)}")
     image = np.asarray(_load(name), dtype=np.uint8)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    return image[:, :, :3]
+    image = image[:, :, :3]
+    factor = math.ceil(max(image.shape[:2]) / LARGEST_SIDE)
+    if factor > 1:
+        image = np.asarray(Image.fromarray(image).reduce(factor))
+    return image
 
 
 def _crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -83,18 +112,22 @@ def crop(image: np.ndarray, rng: np.random.Generator, size: int = 224) -> np.nda
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
 
 
-def photo_crops(n: int, *, seed: int, size: int = 224, offset: int = 0) -> np.ndarray:
+def photo_crops(
+    n: int, *, seed: int, size: int = 224, offset: int = 0, photos: tuple[str, ...] = PHOTOS
+) -> np.ndarray:
     """Crops ``offset`` .. ``offset + n - 1`` for ``seed``: (n, 3, size, size) float32, NCHW.
 
-    Normalized with the ImageNet mean and std, as torchvision's ImageNet models expect.
+    Crop ``i`` comes from ``photos[i % len(photos)]``. Normalized with the ImageNet mean and
+    std, as torchvision's ImageNet models expect.
     """
     crops = np.empty((n, 3, size, size), dtype=np.float32)
     for k, index in enumerate(range(offset, offset + n)):
         rng = np.random.default_rng([seed, index])
-        crops[k] = crop(load_photo(PHOTOS[index % len(PHOTOS)]), rng, size)
+        crops[k] = crop(load_photo(photos[index % len(photos)]), rng, size)
     return crops
 
 
-def photo_names(n: int, *, offset: int = 0) -> list[str]:
-    """The source photo of each crop that ``photo_crops(n, offset=offset)`` returns."""
-    return [PHOTOS[index % len(PHOTOS)] for index in range(offset, offset + n)]
+def photo_names(n: int, *, offset: int = 0, photos: tuple[str, ...] = PHOTOS) -> list[str]:
+    """The source photo of each crop that ``photo_crops(n, offset=offset, photos=photos)``
+    returns."""
+    return [photos[index % len(photos)] for index in range(offset, offset + n)]
