@@ -77,7 +77,7 @@ class ShareOptions:
     iterations: int = option(30, "k-means iterations", low=1, high=1000)
     min_cosine: float = option(
         0.9,
-        "roll back when the output cosine on the validation data falls below this",
+        "roll back when the output cosine on --val (else the holdout) falls below this",
         low=0.0,
         high=1.0,
     )

@@ -278,6 +278,7 @@ class QuantRun:
                 for t, g in result.kept_float
             ],
             "float_nodes": len(kept),
+            "measured_on": "calibration samples (in-sample: the search chose on them)",
             "cosine": round(result.score.cosine, 6),
             "top1": None if result.score.top1 is None else round(result.score.top1, 6),
             "target_met": result.met,
