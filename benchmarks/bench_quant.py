@@ -1,14 +1,17 @@
 """Benchmark of the `quant` pass against ONNX Runtime's quantize_static.
 
-Models: torchvision's ImageNet MobileNetV2 (agreement with fp32 on crops of real photos, the
-calibration crops drawn with another seed), the bundled digits CNN (accuracy on the 540 held-out
-test images with their labels) and a small transformer (cosine on held-out random features).
-Each quantization runs in a child process (its wall time and peak RSS are the child's); latency
-ratios to fp32 are timed interleaved in one process (batch 1, 2 threads, ORT CPU); "int8 MACs"
-is the share of multiply-accumulates that ORT runs in int8 kernels (`int8_coverage`).
+Models: torchvision's ImageNet MobileNetV2 and the EfficientNet-Lite0-shaped network, calibrated
+on crops of `CALIBRATION_PHOTOS` (seed 11), their agreement with fp32 measured on new crops of
+those photos (seed 12) and on crops of `OTHER_PHOTOS`, photos no calibration crop comes from
+(seed 13); the bundled digits CNN (accuracy on the 540 held-out test images with their labels)
+and a small transformer (cosine on held-out random features). Each quantization runs in a child
+process (its wall time and peak RSS are the child's); latency ratios to fp32 are timed
+interleaved in one process (batch 1, 2 threads, ORT CPU); "int8 MACs" is the share of
+multiply-accumulates that ORT runs in int8 kernels (`int8_coverage`).
 
     python -m benchmarks.bench_quant                 # everything, writes benchmarks/RESULTS.md
-    python -m benchmarks.bench_quant --only digits   # one model
+    python -m benchmarks.bench_quant --only digits   # one model (its subsection is replaced)
+    python -m benchmarks.bench_quant --quick --only mobilenet --out /tmp/bq   # smoke, no RESULTS.md
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import onnx
 from benchmarks.results_file import write_section as write_results_section
 from onnxopt.analyses.int8_coverage import int8_coverage
 from onnxopt.bench import BenchSettings, benchmark_models
+from onnxopt.holdout import HOLDOUT_FRACTION, MAX_HOLDOUT, MIN_HOLDOUT
 from onnxopt.runtime import make_session, session_options
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +42,17 @@ RESULTS = HERE / "RESULTS.md"
 BEGIN, END = "<!-- bench_quant:begin -->", "<!-- bench_quant:end -->"
 ORT_BATCH = 4
 """ORT's histogram calibrators need equal batches: 4 divides the 300 crops and the 128 images."""
+CALIB_SEED, NEW_SEED, OTHER_SEED = 11, 12, 13
+"""Crop seeds: calibration crops and new crops of CALIBRATION_PHOTOS, crops of OTHER_PHOTOS (as
+in bench_generalization)."""
+LATENCY_SEED = 4
+DIGITS_CALIB, TRANSFORMER_CALIB = 128, 128
+QUICK_CONFIGS = (
+    "onnxopt percentile (default)",
+    "onnxopt default + target_top1=0.95",
+    "ORT MinMax U8S8",
+)
+"""What `--quick` runs (with 64 calibration and 64 evaluation crops, 20 timed rounds)."""
 
 ONNXOPT_CONFIGS = {
     "onnxopt minmax": {"method": "minmax"},
@@ -69,15 +84,18 @@ NNCF_CONFIGS = {
 class Row:
     config: str
     speedup: float = 1.0
-    top1: float | None = None
+    top1: float | None = None  # photo models: on new crops of the calibration photos
     top5: float | None = None
     cosine: float = 1.0
     snr_db: float = float("inf")
     accuracy: float | None = None
+    top1_other: float | None = None  # photo models: on crops of OTHER_PHOTOS
+    cosine_other: float | None = None
     quant_seconds: float = 0.0
     peak_rss_mb: float = 0.0
     int8_macs: float = 0.0
     kept_float: int = 0
+    gates_on: str = ""  # onnxopt rows: what the tool measured its gates on (report.fidelity_on)
 
 
 @dataclass
@@ -85,12 +103,12 @@ class Case:
     name: str
     model: Path
     calib: Path  # npz, key = input name
-    val: Path  # npz: evaluation inputs (and "label" for digits)
-    fallback_val: Path | None
+    val: Path  # npz: evaluation inputs (and "label" for digits); photos: new crops
     latency_feed: dict[str, np.ndarray]
     fallback: dict
     configs: tuple[str, ...] | None = None  # names from ONNXOPT_CONFIGS/ORT_CONFIGS; None: all
     options: dict | None = None  # added to every onnxopt config
+    other: Path | None = None  # npz: crops of OTHER_PHOTOS (photo models only)
 
 
 def save_inputs(path: Path, name: str, array: np.ndarray) -> Path:
@@ -98,16 +116,32 @@ def save_inputs(path: Path, name: str, array: np.ndarray) -> Path:
     return path
 
 
+def photo_sets(tmp: Path, prefix: str, calib_n: int, val_n: int) -> tuple[Path, Path, Path]:
+    """calib.npz (crops of CALIBRATION_PHOTOS), new crops of those photos, and as many crops
+    of OTHER_PHOTOS, photos that no calibration crop comes from."""
+    from benchmarks.imagenet_data import CALIBRATION_PHOTOS, OTHER_PHOTOS, photo_crops
+
+    if set(CALIBRATION_PHOTOS) & set(OTHER_PHOTOS):
+        raise RuntimeError("CALIBRATION_PHOTOS and OTHER_PHOTOS share a photo")
+    sets = {
+        "calib": photo_crops(calib_n, seed=CALIB_SEED, photos=CALIBRATION_PHOTOS),
+        "val": photo_crops(val_n, seed=NEW_SEED, photos=CALIBRATION_PHOTOS),
+        "other": photo_crops(val_n, seed=OTHER_SEED, photos=OTHER_PHOTOS),
+    }
+    calib, val, other = (
+        save_inputs(tmp / f"{prefix}_{name}.npz", "input", array) for name, array in sets.items()
+    )
+    return calib, val, other
+
+
 def mobilenet_case(tmp: Path, calib_n: int, val_n: int) -> Case:
     from benchmarks.imagenet_data import photo_crops
     from benchmarks.mobilenet_v2 import export_mobilenet_v2
 
     model = export_mobilenet_v2(tmp / "mobilenet_v2.onnx")
-    calib = save_inputs(tmp / "mb_calib.npz", "input", photo_crops(calib_n, seed=1))
-    val = save_inputs(tmp / "mb_val.npz", "input", photo_crops(val_n, seed=2))
-    fallback_val = save_inputs(tmp / "mb_fallback.npz", "input", photo_crops(256, seed=3))
-    feed = {"input": photo_crops(1, seed=4)}
-    return Case("MobileNetV2", model, calib, val, fallback_val, feed, {"target_top1": 0.95})
+    calib, val, other = photo_sets(tmp, "mb", calib_n, val_n)
+    feed = {"input": photo_crops(1, seed=LATENCY_SEED)}
+    return Case("MobileNetV2", model, calib, val, feed, {"target_top1": 0.95}, other=other)
 
 
 def efficientnet_case(tmp: Path, calib_n: int, val_n: int) -> Case:
@@ -119,9 +153,8 @@ def efficientnet_case(tmp: Path, calib_n: int, val_n: int) -> Case:
     from benchmarks.imagenet_data import photo_crops
 
     model = export_efficientnet_lite0(tmp / "efficientnet_lite0.onnx")
-    calib = save_inputs(tmp / "ef_calib.npz", "input", photo_crops(calib_n, seed=1))
-    val = save_inputs(tmp / "ef_val.npz", "input", photo_crops(val_n, seed=2))
-    feed = {"input": photo_crops(1, seed=4)}
+    calib, val, other = photo_sets(tmp, "ef", calib_n, val_n)
+    feed = {"input": photo_crops(1, seed=LATENCY_SEED)}
     configs = (
         "onnxopt minmax",
         "onnxopt percentile (default)",
@@ -130,7 +163,7 @@ def efficientnet_case(tmp: Path, calib_n: int, val_n: int) -> Case:
         "ORT MinMax U8S8",
     )
     options = {"min_cosine": 0.0}
-    return Case("EfficientNet-Lite0", model, calib, val, None, feed, {}, configs, options)
+    return Case("EfficientNet-Lite0", model, calib, val, feed, {}, configs, options, other)
 
 
 def digits_case() -> Case:
@@ -141,7 +174,6 @@ def digits_case() -> Case:
         REPO / "examples" / "digits_cnn.onnx",
         REPO / "examples" / "digits_calib.npz",
         REPO / "examples" / "digits_val.npz",
-        None,
         feed,
         {},
     )
@@ -166,37 +198,42 @@ def transformer_case(tmp: Path) -> Case:
     )
     rng = np.random.default_rng(0)
     calib = save_inputs(
-        tmp / "tf_calib.npz", "input", rng.standard_normal((128, 64, 256)).astype(np.float32)
+        tmp / "tf_calib.npz",
+        "input",
+        rng.standard_normal((TRANSFORMER_CALIB, 64, 256)).astype(np.float32),
     )
     val = save_inputs(
         tmp / "tf_val.npz", "input", rng.standard_normal((64, 64, 256)).astype(np.float32)
     )
     feed = {"input": rng.standard_normal(shape).astype(np.float32)}
-    return Case("small transformer", model, calib, val, None, feed, {})
+    return Case("small transformer", model, calib, val, feed, {})
 
 
 # --- quantization in a child process ----------------------------------------------------
 
 
-def quantize_child(spec: dict) -> float:
+def quantize_child(spec: dict) -> tuple[float, dict]:
+    """(seconds, onnxopt's report: what it measured its gates on and how many tensors its
+    fallback kept float; empty for the other tools)."""
     start = time.perf_counter()
+    info = {}
     if spec["tool"] == "onnxopt":
         from onnxopt.api import optimize
         from onnxopt.infra.options import format_value
 
         text = ",".join(f"{k}={format_value(v)}" for k, v in spec["options"].items())
-        optimize(
+        result = optimize(
             spec["model"],
             spec["out"],
             passes="quant" + (f"{{{text}}}" if text else ""),
             calib=spec["calib"],
-            val=spec.get("fallback_val"),
         )
+        info = {"gates_on": result.report.fidelity_on, "kept_float": _kept_float(result.report)}
     elif spec["tool"] == "nncf":
         nncf_quantize(spec)
     else:
         ort_quantize(spec)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, info
 
 
 def nncf_quantize(spec: dict) -> None:
@@ -254,9 +291,10 @@ def ort_quantize(spec: dict) -> None:
     )
 
 
-def run_child(spec: dict) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one quantization in a fresh process; the peak is the
-    child's own VmHWM (a forked child's rusage would also count the parent's pages)."""
+def run_child(spec: dict) -> tuple[float, float, dict]:
+    """(seconds, peak RSS in MB, onnxopt's report fields) of one quantization in a fresh process;
+    the peak is the child's own VmHWM (a forked child's rusage would also count the parent's
+    pages)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_quant", "--child", json.dumps(spec)],
@@ -269,8 +307,8 @@ def run_child(spec: dict) -> tuple[float, float]:
         raise RuntimeError(
             f"quantization failed: {spec['tool']} {spec['options']}: {done.stderr[-2000:]}"
         )
-    seconds, peak_kb = done.stdout.strip().splitlines()[-1].split()
-    return float(seconds), float(peak_kb) / 1024
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    return last["seconds"], last["peak_kb"] / 1024, last["info"]
 
 
 def peak_rss_kb() -> int:
@@ -314,12 +352,39 @@ def _snr(reference: np.ndarray, candidate: np.ndarray) -> float:
     )
 
 
-def measure(case: Case, tmp: Path, runs: int, with_ort: bool) -> list[Row]:
-    with np.load(case.val) as data:
-        images = data["input"]
-        labels = data["label"] if "label" in data.files else None
-    reference = outputs(case.model, images)
-    float_row = Row("fp32", **{k: v for k, v in fidelity(reference, reference, labels).items()})
+def other_fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Top-1 agreement and cosine on the crops of OTHER_PHOTOS."""
+    got = fidelity(reference, candidate, None)
+    return {"top1_other": got["top1"], "cosine_other": got["cosine"]}
+
+
+def _inputs(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    with np.load(path) as data:
+        return data["input"], (data["label"] if "label" in data.files else None)
+
+
+def scores(case: Case, model, references: list[np.ndarray]) -> dict:
+    """Row fields for `model` (path or proto): fidelity to fp32 on the evaluation inputs and,
+    for photo models, on the other photos; fp32's outputs are computed into the empty
+    `references` on the first call. The inputs are read per call so that no crops stay in
+    memory while a child quantizes (ORT's histogram calibrators peak near 19 GB on MobileNetV2)."""
+    images, labels = _inputs(case.val)
+    if not references:
+        references.append(outputs(case.model, images))
+    got = fidelity(references[0], outputs(model, images), labels)
+    if case.other is not None:
+        other, _ = _inputs(case.other)
+        if len(references) < 2:
+            references.append(outputs(case.model, other))
+        got.update(other_fidelity(references[1], outputs(model, other)))
+    return got
+
+
+def measure(
+    case: Case, tmp: Path, runs: int, with_ort: bool, only: list[str] | None = None
+) -> list[Row]:
+    references: list[np.ndarray] = []
+    float_row = Row("fp32", **scores(case, case.model, references))
     rows, paths = [float_row], [case.model]
     configs = [("onnxopt", name, opts) for name, opts in ONNXOPT_CONFIGS.items()]
     if case.fallback:
@@ -330,6 +395,8 @@ def measure(case: Case, tmp: Path, runs: int, with_ort: bool) -> list[Row]:
         configs += [("nncf", name, opts) for name, opts in NNCF_CONFIGS.items()]
     if case.configs is not None:
         configs = [c for c in configs if c[1] in case.configs]
+    if only is not None:
+        configs = [c for c in configs if c[1] in only]
     if case.options:
         configs = [(t, n, {**case.options, **o} if t == "onnxopt" else o) for t, n, o in configs]
     for index, (tool, name, options) in enumerate(configs):
@@ -342,16 +409,17 @@ def measure(case: Case, tmp: Path, runs: int, with_ort: bool) -> list[Row]:
             "options": options,
             "workdir": str(tmp),
         }
-        if "target_top1" in options and case.fallback_val:
-            spec["fallback_val"] = str(case.fallback_val)
-        seconds, rss = run_child(spec)
+        seconds, rss, info = run_child(spec)
         model = onnx.load(str(out))
         row = Row(
-            name, quant_seconds=seconds, peak_rss_mb=rss, int8_macs=int8_coverage(model).fraction
+            name,
+            quant_seconds=seconds,
+            peak_rss_mb=rss,
+            int8_macs=int8_coverage(model).fraction,
+            **info,
         )
-        for key, value in fidelity(reference, outputs(model, images), labels).items():
+        for key, value in scores(case, model, references).items():
             setattr(row, key, value)
-        row.kept_float = _kept_float(model)
         rows.append(row)
         paths.append(out)
         print(f"{case.name}: {name}: {asdict(row)}", flush=True)
@@ -365,13 +433,13 @@ def measure(case: Case, tmp: Path, runs: int, with_ort: bool) -> list[Row]:
     return rows
 
 
-def _kept_float(model: onnx.ModelProto) -> int:
-    for prop in model.metadata_props:
-        if prop.key == "onnxopt.passes":
-            for entry in json.loads(prop.value):
-                fallback = entry.get("stats", {}).get("fallback")
-                if fallback:
-                    return len(fallback["kept_float"])
+def _kept_float(report) -> int:
+    """Tensors the accuracy-aware fallback kept float (the report's stats: the model's metadata
+    keeps only scalar stats)."""
+    for record in report.passes:
+        fallback = record.stats.get("fallback")
+        if fallback:
+            return len(fallback["kept_float"])
     return 0
 
 
@@ -390,7 +458,11 @@ the same 300 crops) is measured on MobileNetV2 when it is installed (see `NNCF_C
 """
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], photos: bool = False) -> str:
+    """The model's table; `photos`: agreement on new crops of the calibration photos beside the
+    other photos' columns (models without photos keep their plain columns)."""
+    if photos:
+        return _photo_table(rows)
     accuracy = any(r.accuracy is not None for r in rows)
     head = "| config | speed-up | top-1 | top-5 | " + ("accuracy | " if accuracy else "")
     head += "cosine | SNR dB | quant time | peak RSS | int8 MACs |\n"
@@ -400,13 +472,41 @@ def table(rows: list[Row]) -> str:
         cells = [r.config, f"{r.speedup:.2f}x", _pct(r.top1), _pct(r.top5)]
         if accuracy:
             cells.append(_pct(r.accuracy))
-        snr = "inf" if r.snr_db == float("inf") else f"{r.snr_db:.1f}"
-        cost = (
-            [f"{r.quant_seconds:.1f} s", f"{r.peak_rss_mb:.0f} MB"] if r.peak_rss_mb else ["", ""]
-        )
-        cells += [f"{r.cosine:.4f}", snr, *cost, f"{100 * r.int8_macs:.0f} %"]
+        cells += [f"{r.cosine:.4f}", _snr_cell(r), *_cost_cells(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines)
+
+
+def _photo_table(rows: list[Row]) -> str:
+    head = (
+        "| config | speed-up | top-1 new crops | top-1 other photos | top-5 new crops "
+        "| cosine new crops | cosine other photos | SNR dB new crops | quant time | peak RSS "
+        "| int8 MACs |\n|---|" + "---:|" * 10 + "\n"
+    )
+    lines = []
+    for r in rows:
+        cells = [
+            r.config,
+            f"{r.speedup:.2f}x",
+            _pct(r.top1),
+            _pct(r.top1_other),
+            _pct(r.top5),
+            f"{r.cosine:.4f}",
+            "" if r.cosine_other is None else f"{r.cosine_other:.4f}",
+            _snr_cell(r),
+            *_cost_cells(r),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)
+
+
+def _snr_cell(r: Row) -> str:
+    return "inf" if r.snr_db == float("inf") else f"{r.snr_db:.1f}"
+
+
+def _cost_cells(r: Row) -> list[str]:
+    cost = [f"{r.quant_seconds:.1f} s", f"{r.peak_rss_mb:.0f} MB"] if r.peak_rss_mb else ["", ""]
+    return [*cost, f"{100 * r.int8_macs:.0f} %"]
 
 
 def _pct(value) -> str:
@@ -444,11 +544,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="timed rounds per model")
     parser.add_argument("--only", choices=("mobilenet", "efficientnet", "digits", "transformer"))
     parser.add_argument("--no-ort", action="store_true", help="skip ORT quantize_static")
+    parser.add_argument("--configs", nargs="+", help="config names to run (fp32 always)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the JSON (benchmarks/out; --quick: benchmarks/out/quick)",
+    )
+    parser.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (sets --calib 64 --val 64 --runs 20): "
+        f"{len(QUICK_CONFIGS)} configs, no RESULTS.md",
+    )
     args = parser.parse_args()
     if args.child:
-        seconds = quantize_child(json.loads(args.child))
-        print(seconds, peak_rss_kb())
+        seconds, info = quantize_child(json.loads(args.child))
+        print(json.dumps({"seconds": seconds, "peak_kb": peak_rss_kb(), "info": info}))
         return
+    if args.quick:
+        args.calib, args.val, args.runs, args.no_results = 64, 64, 20, True
+        args.configs = args.configs or list(QUICK_CONFIGS)
+    args.out = args.out or HERE / "out" / ("quick" if args.quick else "")
     sections: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as name:
         tmp = Path(name)
@@ -462,32 +579,62 @@ def main() -> None:
         if args.only in (None, "transformer"):
             cases.append(transformer_case(tmp))
         for case in cases:
-            rows = measure(case, tmp, args.runs, not args.no_ort)
-            sections[case.name] = f"### {case.name}\n\n{table(rows)}"
-            (HERE / "out").mkdir(exist_ok=True)
+            rows = measure(case, tmp, args.runs, not args.no_ort, args.configs)
+            photos = case.other is not None
+            sections[case.name] = f"### {case.name}\n\n{table(rows, photos)}"
+            args.out.mkdir(parents=True, exist_ok=True)
             slug = case.name.split()[0].lower()
-            (HERE / "out" / f"quant_{slug}.json").write_text(
+            (args.out / f"quant_{slug}.json").write_text(
                 json.dumps([asdict(r) for r in rows], indent=1)
             )
             print(sections[case.name], flush=True)
-    write_section(_section(args, merged_sections(sections)))
+    if not args.no_results:
+        write_section(_section(args, merged_sections(sections)))
+
+
+def held_out(samples: int) -> int:
+    """How many of `samples` calibration samples onnxopt's gates hold out (0: too few to split,
+    the gates then measure in-sample); the rule of `onnxopt.holdout.split_holdout`."""
+    wanted = min(max(round(HOLDOUT_FRACTION * samples), MIN_HOLDOUT), MAX_HOLDOUT)
+    return wanted if samples - wanted >= wanted else 0
+
+
+def _gates_hold_out(samples: int) -> str:
+    kept = held_out(samples)
+    return f"hold out {kept}" if kept else "measure in-sample: too few samples to split"
 
 
 def _section(args, body: str) -> str:
+    from benchmarks.efficientnet_lite import NORM_CROPS, NORM_SEED
+    from benchmarks.imagenet_data import CALIBRATION_PHOTOS, OTHER_PHOTOS, PHOTOS
+
     command = "python -m benchmarks.bench_quant"
     version = __import__("onnxruntime").__version__
+    fit = args.calib - held_out(args.calib)
     return f"""## quant: static int8 quantization vs ONNX Runtime's quantize_static
 
 `{command}` on this machine (2 cores, AVX-512 VNNI, ONNX Runtime {version} CPU).
-MobileNetV2: torchvision ImageNet weights, calibration on {args.calib} photo crops (seed 1),
-agreement with fp32 on {args.val} other crops (seed 2); `target_top1` is judged on 256 further
-crops (seed 3). EfficientNet-Lite0 (4.7 M parameters, 0.4 G MACs): the same crops, but random
-weights with BatchNorm statistics measured on photos (no weights ship on PyPI), so its rows
-measure time, memory, speed and fidelity to that float network only; onnxopt runs it with
-`min_cosine=0` (its int8 models, like ORT's, are too far from its weak logit signal for the
-default 0.9 output check). Digits: calibration on the 128 bundled images, accuracy on the
-540 held-out labelled images. Transformer: 4 layers, d=256, sequence 64, random weights and features
-(128 calibration, 64 evaluation samples). Speed-up: fp32 latency over the model's, interleaved
+MobileNetV2: torchvision ImageNet weights. Calibration: {args.calib} crops of the
+{len(CALIBRATION_PHOTOS)} calibration photos ({", ".join(CALIBRATION_PHOTOS)}; crop seed
+{CALIB_SEED}). Agreement with fp32 on two sets of {args.val} crops: **new crops**, further crops
+of the same {len(CALIBRATION_PHOTOS)} photos (seed {NEW_SEED}; the top-1, top-5, cosine and SNR
+columns so labelled), and **other photos**, crops of {len(OTHER_PHOTOS)} photos that no
+calibration crop comes from ({", ".join(OTHER_PHOTOS)}; seed {OTHER_SEED}). onnxopt's own gates
+(the output check after the pass) measure on a seeded holdout of the calibration samples that
+the pass does not fit on (20 %, 32–256 samples; of the {args.calib} crops they
+{_gates_hold_out(args.calib)}), not on either set, and the pass fits on the other {fit} (ORT and
+NNCF calibrate on all {args.calib}); `target_top1` is met by the pass on those {fit} calibration
+crops (no `--val` is given; the pass would not see it). EfficientNet-Lite0 (4.7 M parameters,
+0.4 G MACs): the same three crop sets, but random weights with BatchNorm statistics measured on
+{NORM_CROPS} crops of the {len(PHOTOS)} photos of `PHOTOS` (seed {NORM_SEED}; some of them are
+other photos: they build the float network, no pass fits on them), as no weights ship on PyPI,
+so its rows measure time, memory, speed and fidelity to that float network only; onnxopt runs
+it with `min_cosine=0` (its int8 models, like ORT's, are too far from its weak logit signal for
+the default 0.9 output check). Digits: calibration on the {DIGITS_CALIB} bundled images (the
+gates {_gates_hold_out(DIGITS_CALIB)}), accuracy on the 540 held-out labelled images.
+Transformer: 4 layers, d=256, sequence 64, random weights and features ({TRANSFORMER_CALIB}
+calibration samples, the gates {_gates_hold_out(TRANSFORMER_CALIB)}; 64 evaluation samples).
+Speed-up: fp32 latency over the model's, interleaved
 in one process, batch 1, 2 threads, {args.runs} rounds. Quantization time and peak RSS: the
 quantizing child process (onnxopt: the whole `onnxopt optimize` run with its checks; ORT:
 `quant_pre_process` + `quantize_static`, both QDQ with per-channel int8 weights; calibration
@@ -495,9 +642,7 @@ batches of 8 for onnxopt, 4 for ORT, whose histogram methods need equal batches)
 onnxopt defaults: percentile 99.99, uint8 activations, channel equalization, GPTQ rounding
 in act-order (bias correction is an option: with GPTQ it left cosine within 0.0001 and cost
 top-1 on two of three crop sets; on 1000 fresh crops, seed 5: 92.0 % with it, 93.2 % without,
-before act-order). Its checks
-compare on the first 64 calibration samples. "int8 MACs": share of multiply-accumulates in
-ORT's int8 kernels.
+before act-order). "int8 MACs": share of multiply-accumulates in ORT's int8 kernels.
 {NOTES}
 {body}"""
 
