@@ -31,21 +31,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxopt.passes.prune import PruneOptions, PrunePass
 
 from benchmarks.imagenet_data import photo_crops
 from benchmarks.mobilenet_v2 import export_mobilenet_v2
 from benchmarks.results_file import write_section as write_results_section
 from onnxopt.analyses.macs import count_macs
 from onnxopt.analyses.stats import parameter_count
-from onnxopt.bench import BenchSettings, benchmark_models
-from onnxopt.data import IterableSource, NpzSource, input_specs
-from onnxopt.infra.errors import OnnxoptError, OptionError, PassCrashed
+from onnxopt.data.sources import IterableSource, NpzSource, input_specs
+from onnxopt.errors import OnnxoptError, OptionError, PassCrashed
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.infra.pipeline import parse_pipeline
 from onnxopt.infra.registry import get_pass_class
-from onnxopt.runtime import make_session
+from onnxopt.passes.prune import PruneOptions, PrunePass
+from onnxopt.runtime.bench import BenchSettings, benchmark_models
+from onnxopt.runtime.session import make_session
 
 OUT = Path("benchmarks/out/prune")
 PLOT = Path("benchmarks/prune_quality_vs_macs.png")

@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 
 from benchmarks.results_file import write_section as write_results_section
-from onnxopt.analyses.int8_coverage import int8_coverage
-from onnxopt.bench import BenchSettings, benchmark_models
-from onnxopt.runtime import make_session, session_options
+from onnxopt.quantization.coverage import int8_coverage
+from onnxopt.runtime.bench import BenchSettings, benchmark_models
+from onnxopt.runtime.session import make_session, session_options
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks.results_file import write_section as write_results_section
 from onnxopt import api
-from onnxopt.bench import BenchSettings, benchmark_models
-from onnxopt.runtime import make_session, session_options
+from onnxopt.runtime.bench import BenchSettings, benchmark_models
+from onnxopt.runtime.session import make_session, session_options
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- bench_share:begin -->", "<!-- bench_share:end -->"

@@ -37,22 +37,22 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups, analyze_channel_groups
-from onnxopt.analyses.importance import (
-    DATA_CRITERIA,
-    activation_importance,
-    bn_importance,
-    weight_importance,
-)
 from onnxopt.analyses.macs import count_macs
-from onnxopt.analyses.refit_error import refit_error_importance
 from onnxopt.analyses.stats import parameter_count
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
 from onnxopt.pruning.activations import channel_moments, consumer_grams
 from onnxopt.pruning.fidelity import FidelityProbe
+from onnxopt.pruning.importance import (
+    DATA_CRITERIA,
+    activation_importance,
+    bn_importance,
+    weight_importance,
+)
 from onnxopt.pruning.reconstruct import RefitSettings, reconstruct, refit_data
+from onnxopt.pruning.refit_error import refit_error_importance
 from onnxopt.pruning.rewrite import apply_keep, changed_tensors
 from onnxopt.pruning.select import (
     Rounding,

@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import onnx
-from onnxopt.passes.cleanup import CleanupPass
 
+from onnxopt.errors import PassRefused
 from onnxopt.infra import checks
-from onnxopt.infra.errors import PassRefused
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
 from onnxopt.ir.graph import default_opset
 from onnxopt.ir.qdq import ensure_node_names
-from onnxopt.quantization import pipeline
+from onnxopt.passes.cleanup import CleanupPass
+from onnxopt.quantization import run as pipeline
 from onnxopt.quantization.rules import QUANTIZED_OP_TYPES
 from onnxopt.quantization.shared import materialize, restore, weight_peaks, weights_read
 

@@ -33,14 +33,14 @@ from typing import Literal
 
 import onnx
 
-from onnxopt.infra.errors import OptionError, PassRefused
+from onnxopt.errors import OptionError, PassRefused
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import EXACT, Fidelity, Pass, PassContext, PassResult
 from onnxopt.infra.registry import register_pass
+from onnxopt.ir.codebook import MIN_OPSET
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import default_opset
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
-from onnxopt.sharing.codebook import MIN_OPSET
 from onnxopt.sharing.dedup import deduplicate
 from onnxopt.sharing.run import ShareRun, ShareSettings, replace_with_decoders, tensor_report
 

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from onnxopt import api
-from onnxopt.bench import SCHEMA, BenchSettings, _timed_rounds
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
+from onnxopt.runtime.bench import SCHEMA, BenchSettings, _timed_rounds
 from tests.conftest import run_cli
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'

@@ -134,7 +134,7 @@ def test_report_is_input(model_copy, tmp_path):
 def test_output_directory_not_writable(model_copy, tmp_path, monkeypatch):
     # The suite runs as root in CI, where chmod cannot make a folder unwritable: fake the check.
     from onnxopt import api
-    from onnxopt.infra.errors import InputError
+    from onnxopt.errors import InputError
 
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -12,7 +12,7 @@ import onnx.parser
 import pytest
 
 from onnxopt.analyses.activation_stats import stream_tensors
-from onnxopt.data import (
+from onnxopt.data.sources import (
     DirectorySource,
     ImageFolderSource,
     ImagePreprocess,
@@ -25,7 +25,7 @@ from onnxopt.data import (
     parse_preprocess,
     parse_shapes,
 )
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 
 
 def parse(text: str) -> onnx.ModelProto:

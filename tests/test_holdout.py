@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxopt.data import IterableSource, NpzSource
-from onnxopt.feeds import InputSpec
-from onnxopt.holdout import MAX_HOLDOUT, MIN_HOLDOUT, RowSubset, row_range, split_holdout
+from onnxopt.data.feeds import InputSpec
+from onnxopt.data.holdout import MAX_HOLDOUT, MIN_HOLDOUT, RowSubset, row_range, split_holdout
+from onnxopt.data.sources import IterableSource, NpzSource
 
 
 def _source(tmp_path, samples: int, batch: int | None = None) -> NpzSource:

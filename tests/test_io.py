@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.ir.io import load_model, save_model
 
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.analyses.macs import Poly, count_macs
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 
 
 def model_of(nodes, inputs, weights, outputs=None) -> onnx.ModelProto:

@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxopt import api
+from onnxopt.errors import CheckFailed, OptionError, PassCrashed, PassRefused
 from onnxopt.infra import checks
 from onnxopt.infra.analysis import AnalysisCache
-from onnxopt.infra.errors import CheckFailed, OptionError, PassCrashed, PassRefused
 from onnxopt.infra.manager import GATE_CALIBRATION_SAMPLES
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassResult

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from onnxopt.infra.errors import InputError, OptionError
+from onnxopt.errors import InputError, OptionError
 from onnxopt.infra.pipeline import load_pipeline_file, parse_pipeline
 
 

@@ -8,18 +8,18 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.prune import PruneOptions, PrunePass
 
 from onnxopt.analyses.channel_groups import analyze_channel_groups
 from onnxopt.analyses.macs import count_macs
-from onnxopt.data import IterableSource, NpzSource, input_specs
-from onnxopt.infra.errors import InputError
+from onnxopt.data.sources import IterableSource, NpzSource, input_specs
+from onnxopt.errors import InputError
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.infra.pipeline import parse_pipeline
+from onnxopt.passes.prune import PruneOptions, PrunePass
 from onnxopt.pruning.rewrite import apply_keep, consumer_masks
 from onnxopt.pruning.select import Rounding, layer_macs, pruned_macs, select_by_loss
 from onnxopt.pruning.sensitivity import Probe, loss_curves
-from onnxopt.runtime import make_session
+from onnxopt.runtime.session import make_session
 from tests.conftest import REPO, random_feed
 from tests.test_prune_oracle import oracle
 

@@ -9,14 +9,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.quant import QuantOptions, QuantPass
 
-from onnxopt.analyses.int8_coverage import int8_coverage
-from onnxopt.data import IterableSource, RandomSource, input_specs, open_data
-from onnxopt.infra.errors import InputError
+from onnxopt.data.sources import IterableSource, RandomSource, input_specs, open_data
+from onnxopt.errors import InputError
 from onnxopt.infra.options import build_options
 from onnxopt.infra.pass_base import PassContext
-from onnxopt.runtime import make_session
+from onnxopt.passes.quant import QuantOptions, QuantPass
+from onnxopt.quantization.coverage import int8_coverage
+from onnxopt.runtime.session import make_session
 from tests.conftest import REPO, run_cli
 from tests.conftest import float_model as _model
 from tests.test_quant_parts import stem_block_model
@@ -326,10 +326,9 @@ def _random(model: onnx.ModelProto) -> RandomSource:
 def test_quant_uses_the_model_as_given_when_ort_cannot_load_its_cleaned_copy(
     digits_model, digits_calib, monkeypatch
 ):
-    from onnxopt.passes import quant as quant_module
-
     from onnxopt import api
     from onnxopt.infra.pass_base import PassResult
+    from onnxopt.passes import quant as quant_module
 
     cleanup_apply = quant_module.CleanupPass.apply
 

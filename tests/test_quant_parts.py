@@ -9,9 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.analyses.histogram import StreamingHistogram, choose_range
-from onnxopt.data import RandomSource, input_specs
+from onnxopt.data.sources import RandomSource, input_specs
 from onnxopt.ir.shapes import infer_shapes
+from onnxopt.numerics.histogram import StreamingHistogram, choose_range
+from onnxopt.numerics.rounding import error_feedback, gptq
 from onnxopt.quantization.equalize import (
     Rescaler,
     clipped_factors,
@@ -21,8 +22,7 @@ from onnxopt.quantization.equalize import (
 )
 from onnxopt.quantization.params import activation_params, quantize_bias, weight_scales
 from onnxopt.quantization.plan import PlanConfig, make_plan
-from onnxopt.quantization.rounding import error_feedback, gptq
-from onnxopt.runtime import make_session
+from onnxopt.runtime.session import make_session
 from tests.conftest import float_model
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.quant import QuantOptions, QuantPass
 
 from onnxopt.analyses.activation_stats import expose_tensors
 from onnxopt.analyses.input_moments import (
@@ -20,13 +19,14 @@ from onnxopt.analyses.input_moments import (
     patch_rows,
     patches,
 )
-from onnxopt.analyses.int8_coverage import int8_coverage
-from onnxopt.data import IterableSource, RandomSource, input_specs
+from onnxopt.data.sources import IterableSource, RandomSource, input_specs
 from onnxopt.infra.options import build_options
 from onnxopt.infra.pass_base import PassContext
+from onnxopt.passes.quant import QuantOptions, QuantPass
 from onnxopt.quantization.bias_correction import Tap, output_shift
+from onnxopt.quantization.coverage import int8_coverage
 from onnxopt.quantization.plan import PlanConfig, make_plan
-from onnxopt.runtime import make_session, session_options
+from onnxopt.runtime.session import make_session, session_options
 from tests.conftest import float_model
 
 # --- GPTQ input moments -------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_matmul_rows_are_strided_to_the_budget_and_h_accumulates_in_place():
 def test_depthwise_moments_come_from_the_first_samples_and_others_from_more():
     """Depthwise layers stop gathering H after DEPTHWISE_GPTQ_ROWS.samples samples; the 1x1
     layer behind them keeps going until GPTQ_ROWS.samples."""
-    from onnxopt.quantization.pipeline import DEPTHWISE_GPTQ_ROWS, GPTQ_ROWS, Calibrator
+    from onnxopt.quantization.run import DEPTHWISE_GPTQ_ROWS, GPTQ_ROWS, Calibrator
 
     rng = np.random.default_rng(4)
     dw = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)

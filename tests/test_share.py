@@ -10,10 +10,10 @@ from onnx import TensorProto, helper
 
 from onnxopt import api
 from onnxopt.analyses.codebooks import find_decoders
+from onnxopt.ir.bitpack import pack, packed_bytes, unpack
+from onnxopt.ir.codebook import Codebook, emit_decoder
 from onnxopt.ir.graph import Names
 from onnxopt.quantization.shared import evaluate_decoder
-from onnxopt.sharing.bitpack import pack, packed_bytes, unpack
-from onnxopt.sharing.codebook import Codebook, emit_decoder
 from onnxopt.sharing.kmeans import kmeans_rows, nearest
 from tests.conftest import ort_outputs, run_cli
 
@@ -450,7 +450,7 @@ def test_held_out_factor_flags_a_layer_fit_from_fewer_rows_than_inputs():
     the two-fold check measures by how much (a conv with many rows per input is not checked)."""
     from onnxopt.analyses.input_moments import input_hessians
     from onnxopt.analyses.weights import find_weights
-    from onnxopt.data import open_data
+    from onnxopt.data.sources import open_data
     from onnxopt.sharing.fit import LayerModel
     from onnxopt.sharing.holdout import few_row_weights, optimism
 

@@ -12,9 +12,9 @@ import onnx.parser
 import pytest
 
 from onnxopt import api
-from onnxopt.data import IterableSource, input_specs
-from onnxopt.infra.errors import CheckFailed, InputError
-from onnxopt.validate import Thresholds, compare_runners, threshold_failures
+from onnxopt.data.sources import IterableSource, input_specs
+from onnxopt.errors import CheckFailed, InputError
+from onnxopt.runtime.fidelity import Thresholds, compare_runners, threshold_failures
 from tests.conftest import run_cli
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxopt.analyses.histogram import StreamingHistogram
-from onnxopt.data import DataSource, feed_rows, feeds_up_to
-from onnxopt.runtime import make_session, session_options
+from onnxopt.data.sources import DataSource, feed_rows, feeds_up_to
+from onnxopt.numerics.histogram import StreamingHistogram
+from onnxopt.runtime.session import make_session, session_options
 
 log = logging.getLogger(__name__)
 

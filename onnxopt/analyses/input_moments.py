@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.activation_stats import stream_tensors
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
 
 

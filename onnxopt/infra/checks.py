@@ -9,11 +9,11 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
 from onnxopt.infra.pass_base import Fidelity
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, save_model, stored_bytes
-from onnxopt.runtime import make_session, session_options
-from onnxopt.validate import FidelityReport, compare_sessions
+from onnxopt.runtime.fidelity import FidelityReport, compare_sessions
+from onnxopt.runtime.session import make_session, session_options
 
 CHECK_LEVELS = ("full", "basic", "none")
 

@@ -13,10 +13,10 @@ import onnx
 
 from onnxopt import __version__
 from onnxopt.analyses.stats import model_stats
-from onnxopt.data import DataSource, RandomSource, input_specs
-from onnxopt.holdout import HOLDOUT_FRACTION, split_holdout
+from onnxopt.data.holdout import HOLDOUT_FRACTION, split_holdout
+from onnxopt.data.sources import DataSource, RandomSource, input_specs
+from onnxopt.errors import CheckFailed, OnnxoptError, PassCrashed
 from onnxopt.infra import checks
-from onnxopt.infra.errors import CheckFailed, OnnxoptError, PassCrashed
 from onnxopt.infra.instrument import Instrument, measure
 from onnxopt.infra.pass_base import Pass, PassContext
 from onnxopt.infra.pipeline import Pipeline

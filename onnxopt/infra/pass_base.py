@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx
 
+from onnxopt.errors import InputError, PassRefused
 from onnxopt.infra.analysis import AnalysisCache
-from onnxopt.infra.errors import InputError, PassRefused
 from onnxopt.infra.options import NoOptions
 from onnxopt.ir.graph import default_opset
 
 if TYPE_CHECKING:
-    from onnxopt.data import DataSource
+    from onnxopt.data.sources import DataSource
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from onnxopt.infra.errors import OptionError
+from onnxopt.errors import OptionError
 
 if TYPE_CHECKING:
     from onnxopt.infra.pass_base import Pass

@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.ir.limits import check_stored_size, human_bytes, memory_budget, tensor_bytes
 from onnxopt.ir.tensors import external_info, iter_stored_tensors
 

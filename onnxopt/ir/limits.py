@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 
 # Element widths of the sub-byte types, which pack several elements into one byte.
 _SUB_BYTE_BITS = {

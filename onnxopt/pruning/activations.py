@@ -14,12 +14,12 @@ import onnx
 from onnx import helper
 
 from onnxopt.analyses.channel_groups import Consumer
-from onnxopt.data import DataSource, Feed
+from onnxopt.data.sources import DataSource, Feed
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex
 from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 from onnxopt.pruning.rows import LayerRows
-from onnxopt.runtime import make_session
+from onnxopt.runtime.session import make_session
 
 
 def with_outputs(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.data import Feed, feed_rows
+from onnxopt.data.sources import Feed, feed_rows
 
 MIX_LOW = 0.5
 """A mixed sample keeps at least this share of its own content (the blend never swaps who a

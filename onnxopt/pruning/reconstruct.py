@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
-from onnxopt.data import DataSource
-from onnxopt.holdout import count_samples, row_range
+from onnxopt.data.holdout import count_samples, row_range
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
 from onnxopt.ir.shapes import infer_shapes

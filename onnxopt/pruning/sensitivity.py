@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
-from onnxopt.data import (
+from onnxopt.data.sources import (
     DataSource,
     Feed,
     IterableSource,

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.input_moments import conv_output_size
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
-from onnxopt.runtime import make_session, session_options
+from onnxopt.runtime.session import make_session, session_options
 
 log = logging.getLogger(__name__)
 

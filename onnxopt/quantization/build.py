@@ -17,6 +17,7 @@ import onnx
 from onnxopt.analyses.input_moments import from_layer_matrix, layer_matrix
 from onnxopt.ir.graph import GraphIndex, Names, node_attr
 from onnxopt.ir.qdq import add_initializers, dequantize_node, quantize_node
+from onnxopt.numerics.rounding import gptq
 from onnxopt.quantization.params import (
     ActivationParams,
     bias_safe_scales,
@@ -25,7 +26,6 @@ from onnxopt.quantization.params import (
     weight_scales,
 )
 from onnxopt.quantization.plan import Plan, WeightedNode
-from onnxopt.quantization.rounding import gptq
 
 
 @dataclass

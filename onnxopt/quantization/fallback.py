@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.data import DataSource
-from onnxopt.runtime import make_session, session_options
+from onnxopt.data.sources import DataSource
+from onnxopt.runtime.session import make_session, session_options
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import onnx
 from onnxopt.analyses.activation_stats import stream_tensors
 from onnxopt.analyses.input_moments import Moments
 from onnxopt.analyses.weights import Weight
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
 from onnxopt.sharing.fit import LayerModel, fit
 
 FEW_ROWS_PER_INPUT = 4

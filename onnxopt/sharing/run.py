@@ -10,13 +10,13 @@ import onnx
 
 from onnxopt.analyses.input_moments import input_hessians
 from onnxopt.analyses.weights import Weight, find_weights
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
+from onnxopt.ir.codebook import Codebook, emit_decoder, supported_axis
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, Names, default_opset, replace_constant
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.quantization.fallback import Evaluator
 from onnxopt.sharing.allocate import Candidate, allocate
-from onnxopt.sharing.codebook import Codebook, emit_decoder, supported_axis
 from onnxopt.sharing.fit import Fitted, LayerModel, fit
 from onnxopt.sharing.holdout import few_row_weights
 from onnxopt.sharing.holdout import optimism as held_out_optimism

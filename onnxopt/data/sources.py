@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt.arrayfiles import RowReader, npy_shape, npz_shapes, open_rows
-from onnxopt.feeds import (
+from onnxopt.data.arrayfiles import RowReader, npy_shape, npz_shapes, open_rows
+from onnxopt.data.feeds import (
     DEFAULT_DYNAMIC_BATCH,
     DataSource,
     Feed,
@@ -41,8 +41,8 @@ from onnxopt.feeds import (
     resolve_shape,
     static_batch,
 )
-from onnxopt.images import IMAGE_SUFFIXES, ImageFolderSource, ImagePreprocess, parse_preprocess
-from onnxopt.infra.errors import InputError
+from onnxopt.data.images import IMAGE_SUFFIXES, ImageFolderSource, ImagePreprocess, parse_preprocess
+from onnxopt.errors import InputError
 from onnxopt.ir.limits import human_bytes, memory_budget
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.data import (
+from onnxopt.data.sources import (
     DataSource,
     Feed,
     ImagePreprocess,
@@ -28,10 +28,10 @@ from onnxopt.data import (
     input_specs,
     open_data,
 )
-from onnxopt.infra.errors import CheckFailed, InputError
+from onnxopt.errors import CheckFailed, InputError
 from onnxopt.ir.io import load_model
 from onnxopt.ir.shapes import check_tensor_sizes
-from onnxopt.runtime import make_session, provider_name, session_options
+from onnxopt.runtime.session import make_session, provider_name, session_options
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def validate_models(
 ) -> FidelityReport:
     """Run both models under ORT on the same feeds of `data`; judge against `thresholds`.
 
-    `data` is anything `onnxopt.data.open_data` accepts (opened for the reference's inputs).
+    `data` is anything `onnxopt.data.sources.open_data` accepts (opened for the reference's inputs).
     The returned report lists missed thresholds in `failures`; it does not raise for them.
     """
     provider_name(provider)

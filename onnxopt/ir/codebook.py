@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxopt.ir.bitpack import Plane, left_shifts, pack, packed_bytes
 from onnxopt.ir.graph import Names, make_tensor
-from onnxopt.sharing.bitpack import Plane, left_shifts, pack, packed_bytes
 
 DECODE_OVERHEAD_BYTES = 400
 """Approximate serialized size of one decoder's nodes, names and shape constants."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.ir.io import serialize_for_runtime
 
 log = logging.getLogger(__name__)

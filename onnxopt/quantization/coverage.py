@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.runtime import make_session, session_options
+from onnxopt.runtime.session import make_session, session_options
 
 INT8_KERNELS = frozenset(
     {

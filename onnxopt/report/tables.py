@@ -1,7 +1,8 @@
 """Reports of inspect, validate and benchmark as printable blocks (lines and tables), JSON, CSV.
 
-Nothing here prints: the CLI prints the blocks (`onnxopt.tables.print_table` draws a rich table
-on a TTY and aligned plain text otherwise). The progress bar draws on stderr, on a TTY only.
+Nothing here prints: the CLI prints the blocks (`onnxopt.report.terminal.print_table` draws a
+rich table on a TTY and aligned plain text otherwise). The progress bar draws on stderr, on a
+TTY only.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from onnxopt.analyses.summary import ModelSummary
-from onnxopt.bench import BenchReport, Progress
-from onnxopt.tables import human_bytes, human_count
-from onnxopt.validate import FidelityReport
+from onnxopt.report.terminal import human_bytes, human_count
+from onnxopt.runtime.bench import BenchReport, Progress
+from onnxopt.runtime.fidelity import FidelityReport
 
 
 @dataclass

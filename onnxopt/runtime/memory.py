@@ -55,7 +55,7 @@ def _reset_peak() -> bool:
 
 def _probe(model_path: str, provider: str, threads: int | None, feed: dict[str, np.ndarray]):
     """Runs in the child: create the session, run once, report RSS deltas in bytes."""
-    from onnxopt.runtime import make_session, session_options
+    from onnxopt.runtime.session import make_session, session_options
 
     baseline = _status_kb("VmRSS")
     if baseline is None:
@@ -95,7 +95,7 @@ def measure_memory(
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    code = "from onnxopt.benchmem import child_main; child_main()"
+    code = "from onnxopt.runtime.memory import child_main; child_main()"
     with tempfile.TemporaryDirectory(prefix="onnxopt-mem-") as workdir:
         feed_path = Path(workdir) / "feed.npz"
         np.savez(feed_path, **feed)

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups, Consumer
-from onnxopt.analyses.importance import weight_importance
 from onnxopt.ir.graph import GraphIndex
+from onnxopt.pruning.importance import weight_importance
 
 DAMPING = 1e-2
 """Added to G's diagonal, relative to its mean diagonal, before inverting."""

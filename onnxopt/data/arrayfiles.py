@@ -15,7 +15,7 @@ from typing import IO
 import numpy as np
 from numpy.lib import format as npy_format
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 
 
 def read_header(handle: IO[bytes], origin: str) -> tuple[tuple[int, ...], np.dtype, bool]:

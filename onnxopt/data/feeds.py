@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.ir.shapes import Dim
 
 log = logging.getLogger(__name__)

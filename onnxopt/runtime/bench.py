@@ -24,8 +24,7 @@ import onnxruntime as ort
 
 from onnxopt.analyses.macs import count_macs
 from onnxopt.analyses.stats import parameter_count
-from onnxopt.benchmem import MemoryUse, measure_memory
-from onnxopt.data import (
+from onnxopt.data.sources import (
     DataSource,
     Feed,
     input_specs,
@@ -33,10 +32,11 @@ from onnxopt.data import (
     random_array,
     resolve_shape,
 )
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.ir.io import LoadedModel, load_model, save_model
 from onnxopt.ir.shapes import check_tensor_sizes
-from onnxopt.runtime import make_session, provider_name, session_options
+from onnxopt.runtime.memory import MemoryUse, measure_memory
+from onnxopt.runtime.session import make_session, provider_name, session_options
 
 log = logging.getLogger(__name__)
 

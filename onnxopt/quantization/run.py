@@ -15,14 +15,14 @@ import onnx
 from threadpoolctl import threadpool_limits
 
 from onnxopt.analyses.activation_stats import channel_absmax, new_stats, stream_tensors
-from onnxopt.analyses.histogram import StreamingHistogram, choose_range
 from onnxopt.analyses.input_moments import LayerInput, RowBudget, accumulate, collect_layers
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import default_opset
 from onnxopt.ir.qdq import ensure_node_names
 from onnxopt.ir.shapes import infer_shapes
+from onnxopt.numerics.histogram import StreamingHistogram, choose_range
 from onnxopt.quantization.bias_correction import CORRECTED_OPS, measure_shift
 from onnxopt.quantization.build import build_qdq
 from onnxopt.quantization.equalize import (

@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from onnxopt.feeds import DataSource, Feed, InputSpec, batch_counts, batch_size_for, check_feed
-from onnxopt.infra.errors import InputError
+from onnxopt.data.feeds import DataSource, Feed, InputSpec, batch_counts, batch_size_for, check_feed
+from onnxopt.errors import InputError
 
 log = logging.getLogger(__name__)
 
