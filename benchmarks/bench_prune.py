@@ -36,7 +36,7 @@ from benchmarks.imagenet_data import photo_crops
 from benchmarks.mobilenet_v2 import export_mobilenet_v2
 from benchmarks.results_file import write_section as write_results_section
 from onnxopt.analyses.macs import count_macs
-from onnxopt.analyses.stats import parameter_count
+from onnxopt.analyses.stats import bench_facts, parameter_count
 from onnxopt.data.sources import IterableSource, NpzSource, input_specs
 from onnxopt.errors import OnnxoptError, OptionError, PassCrashed
 from onnxopt.infra.manager import PassManager
@@ -200,7 +200,7 @@ def measure(case: Case, ratios, runs: int, reuse: bool, notes: list[str]):
         models.append(model)
         logging.info("%s", row)
     settings = BenchSettings(batch=case.batch, runs=runs, memory=False)
-    report = benchmark_models(models, settings=settings)
+    report = benchmark_models(models, settings=settings, facts=bench_facts)
     for row, bench in zip(rows, report.models, strict=True):
         row.latency_ratio = bench.ratio
     return rows

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from benchmarks.results_file import write_section as write_results_section
+from onnxopt.analyses.stats import bench_facts
 from onnxopt.quantization.coverage import int8_coverage
 from onnxopt.runtime.bench import BenchSettings, benchmark_models
 from onnxopt.runtime.session import make_session, session_options
@@ -359,6 +360,7 @@ def measure(case: Case, tmp: Path, runs: int, with_ort: bool) -> list[Row]:
         [str(p) for p in paths],
         settings=BenchSettings(threads=2, runs=runs, memory=False),
         data=[case.latency_feed],
+        facts=bench_facts,
     )
     for row, bench in zip(rows, report.models, strict=True):
         row.speedup = 1.0 / bench.ratio

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxopt.analyses.stats import bench_facts
 from onnxopt.analyses.summary import ModelSummary, summarize
 from onnxopt.data.holdout import HOLDOUT_FRACTION
 from onnxopt.data.sources import (
@@ -33,8 +34,9 @@ from onnxopt.ir.io import (
 )
 from onnxopt.report.tables import csv_text, to_json
 from onnxopt.runtime.bench import BenchReport, BenchSettings, Progress, benchmark_models
-from onnxopt.runtime.fidelity import FidelityReport, Thresholds, validate_models
+from onnxopt.runtime.fidelity import FidelityReport
 from onnxopt.runtime.session import provider_name
+from onnxopt.runtime.validate import Thresholds, validate_models
 
 DEFAULT_PIPELINE = "cleanup"
 
@@ -222,7 +224,12 @@ def benchmark(
         seed=seed,
     )
     result = benchmark_models(
-        list(models), settings=settings, data=data, shapes=_shapes(shapes), progress=progress
+        list(models),
+        settings=settings,
+        data=data,
+        shapes=_shapes(shapes),
+        progress=progress,
+        facts=bench_facts,
     )
     if json_path is not None:
         write_text_atomic(Path(json_path), to_json(result.to_dict()) + "\n", protect)

@@ -26,7 +26,6 @@ import onnx
 from onnxopt.analyses.codebooks import compressed_tensors
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassContext, PassResult
-from onnxopt.infra.registry import register_pass
 from onnxopt.ir.edit import bypass_node, fold_constants, remove_dead_code
 from onnxopt.ir.graph import (
     GraphIndex,
@@ -56,7 +55,6 @@ class CleanupOptions:
     remove_passthrough: bool = option(True, "remove Identity, inference Dropout and no-op Reshape")
 
 
-@register_pass
 class CleanupPass(Pass):
     name = "cleanup"
     summary = "fold BatchNorm and constants, remove Identity/Dropout/no-op Reshape and dead code"

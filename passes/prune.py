@@ -42,7 +42,6 @@ from onnxopt.analyses.stats import parameter_count
 from onnxopt.errors import InputError
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
-from onnxopt.infra.registry import register_pass
 from onnxopt.pruning.activations import channel_moments, consumer_grams
 from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.importance import (
@@ -137,7 +136,6 @@ class PruneOptions:
     )
 
 
-@register_pass
 class PrunePass(Pass):
     name = "prune"
     summary = "structured channel pruning with dependency groups and least-squares reconstruction"

@@ -29,16 +29,15 @@ from typing import Literal
 import onnx
 
 from onnxopt.errors import PassRefused
-from onnxopt.infra import checks
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
-from onnxopt.infra.registry import register_pass
 from onnxopt.ir.graph import default_opset
 from onnxopt.ir.qdq import ensure_node_names
 from onnxopt.passes.cleanup import CleanupPass
-from onnxopt.quantization import run as pipeline
 from onnxopt.quantization.rules import QUANTIZED_OP_TYPES
+from onnxopt.quantization.run import QuantRun
 from onnxopt.quantization.shared import materialize, restore, weight_peaks, weights_read
+from onnxopt.runtime.session import try_session
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,6 @@ class QuantOptions:
     )
 
 
-@register_pass
 class QuantPass(Pass):
     name = "quant"
     summary = "static int8 QDQ quantization (calibrated) that ORT fuses into int8 kernels"
@@ -117,7 +115,7 @@ class QuantPass(Pass):
         if reason is not None:
             return PassResult(model, False, {}, [reason])
         data = ctx.require_calibration(self.name)
-        run = pipeline.QuantRun(self.options, ctx, data)
+        run = QuantRun(self.options, ctx.provider, data)
         ensure_node_names(model.graph)
         model, shared = materialize(model)
         if self.options.prepare:
@@ -141,7 +139,7 @@ class QuantPass(Pass):
         run.skipped.extend(f"prepare (cleanup): {reason}" for reason in prepared.skipped)
         if not prepared.changed:
             return prepared.model
-        outcome = checks.try_session(prepared.model, ctx.provider)
+        outcome = try_session(prepared.model, ctx.provider)
         if outcome.error is not None:
             run.skipped.append(f"prepare (cleanup) not used: {outcome.error}")
             return model

@@ -36,7 +36,6 @@ import onnx
 from onnxopt.errors import OptionError, PassRefused
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import EXACT, Fidelity, Pass, PassContext, PassResult
-from onnxopt.infra.registry import register_pass
 from onnxopt.ir.codebook import MIN_OPSET
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import default_opset
@@ -83,7 +82,6 @@ class ShareOptions:
     )
 
 
-@register_pass
 class SharePass(Pass):
     name = "share"
     summary = "weight sharing: exact dedup, k-means codebooks decoded in-graph (data-aware)"
@@ -120,7 +118,7 @@ class SharePass(Pass):
             stats["dedup_bytes_saved"] = merged.bytes_saved
             changed = bool(merged.merged or merged.transposed)
         if self.codebooks:
-            run = ShareRun(self._settings(), ctx.calibration)
+            run = ShareRun(self._settings(ctx.provider), ctx.calibration)
             encoded = run.encode(model)
             replace_with_decoders(model, encoded)
             skipped.extend(run.skipped)
@@ -134,7 +132,7 @@ class SharePass(Pass):
         stats.update(_gzip_size(model, "after"))
         return PassResult(model, True, stats, skipped)
 
-    def _settings(self) -> ShareSettings:
+    def _settings(self, provider: str) -> ShareSettings:
         o = self.options
         return ShareSettings(
             o.bits,
@@ -144,6 +142,7 @@ class SharePass(Pass):
             o.min_elements or (MIN_ELEMENTS if o.target_ratio is None else MIN_ELEMENTS_BUDGET),
             o.exclude,
             o.iterations,
+            provider,
         )
 
 

@@ -14,7 +14,8 @@ import pytest
 from onnxopt import api
 from onnxopt.data.sources import IterableSource, input_specs
 from onnxopt.errors import CheckFailed, InputError
-from onnxopt.runtime.fidelity import Thresholds, compare_runners, threshold_failures
+from onnxopt.runtime.fidelity import compare_runners
+from onnxopt.runtime.validate import Thresholds, threshold_failures
 from tests.conftest import run_cli
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'

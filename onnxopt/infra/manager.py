@@ -23,6 +23,7 @@ from onnxopt.infra.pipeline import Pipeline
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
 from onnxopt.infra.registry import get_pass_class
 from onnxopt.ir.shapes import check_tensor_sizes
+from onnxopt.runtime.session import try_session
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class PassManager:
             checker_level=checks.strongest_passing_level(model),
             before=model_stats(model),
         )
-        start = checks.try_session(model, self.provider)
+        start = try_session(model, self.provider)
         if start.session is None:
             raise OnnxoptError(f"the input model does not load in onnxruntime: {start.error}")
         with tempfile.TemporaryDirectory(prefix="onnxopt-run-") as workdir:
@@ -163,7 +164,7 @@ class PassManager:
         error = error or checks.checker_error(candidate, report.checker_level)
         if error:
             return error, None
-        outcome = checks.try_session(candidate, self.provider)
+        outcome = try_session(candidate, self.provider)
         if outcome.session is None:
             return outcome.error, None
         fidelity, error = checks.measure_fidelity(

@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnxopt.quantization.params import INT8_WEIGHT_MAX
-
 DAMPING = 0.01
+INT8_WEIGHT_MAX = 127  # symmetric [-127, 127]: no -128, so negation never overflows
 
 ColumnRounder = Callable[[np.ndarray, int], np.ndarray]
 """(column of weights (rows,), column index) -> the column's values on the grid."""

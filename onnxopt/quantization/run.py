@@ -17,7 +17,6 @@ from threadpoolctl import threadpool_limits
 from onnxopt.analyses.activation_stats import channel_absmax, new_stats, stream_tensors
 from onnxopt.analyses.input_moments import LayerInput, RowBudget, accumulate, collect_layers
 from onnxopt.data.sources import DataSource
-from onnxopt.infra.pass_base import PassContext
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import default_opset
 from onnxopt.ir.qdq import ensure_node_names
@@ -34,12 +33,12 @@ from onnxopt.quantization.equalize import (
 )
 from onnxopt.quantization.fallback import (
     SENSITIVITY_SAMPLES,
-    Evaluator,
     search_fallback,
     tensor_units,
 )
 from onnxopt.quantization.params import ActivationParams, activation_params
 from onnxopt.quantization.plan import Plan, PlanConfig, make_plan
+from onnxopt.runtime.fidelity import ReferenceScorer
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +121,11 @@ def min_limit(calib_samples: int | None) -> int:
 
 
 class QuantRun:
-    def __init__(self, options, ctx: PassContext, data: DataSource) -> None:
+    def __init__(self, options, provider: str, data: DataSource) -> None:
         self.options = options
-        self.ctx = ctx
+        self.provider = provider
         self.data = data
-        self.dtype = activation_dtype(options.activation_type, ctx.provider)
+        self.dtype = activation_dtype(options.activation_type, provider)
         self.stats: dict = {}
         self.skipped: list[str] = []
         self.hessians: dict[str, np.ndarray] = {}
@@ -143,7 +142,7 @@ class QuantRun:
             model = self.equalize(model)
         dtypes = _dtypes(model)
         config = PlanConfig(
-            self.ctx.provider,
+            self.provider,
             per_channel,
             self.options.attention,
             self.options.exclude,
@@ -266,8 +265,8 @@ class QuantRun:
         result = search_fallback(
             units,
             build,
-            Evaluator(model, data, SENSITIVITY_SAMPLES),
-            Evaluator(model, data, None),
+            ReferenceScorer(model, data, SENSITIVITY_SAMPLES, self.provider),
+            ReferenceScorer(model, data, None, self.provider),
             self.options.target_cosine,
             self.options.target_top1,
         )

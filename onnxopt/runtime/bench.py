@@ -22,8 +22,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.analyses.macs import count_macs
-from onnxopt.analyses.stats import parameter_count
 from onnxopt.data.sources import (
     DataSource,
     Feed,
@@ -125,6 +123,17 @@ class BenchReport:
 ModelArg = str | os.PathLike | onnx.ModelProto
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    params: int
+    macs: int
+    macs_expression: str
+
+
+FactsOf = Callable[[onnx.ModelProto, dict[str, tuple[int, ...]]], ModelFacts]
+"""(model, input shapes) -> its size facts; the caller supplies it (`onnxopt.analyses.stats`)."""
+
+
 def benchmark_models(
     models: list[ModelArg],
     *,
@@ -132,6 +141,7 @@ def benchmark_models(
     data: str | os.PathLike | DataSource | object | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     progress: Progress | None = None,
+    facts: FactsOf,
 ) -> BenchReport:
     """Benchmark `models` side by side. Feeds: the first batch of `data`, else seeded random
     inputs shaped by `shapes`/`settings.batch`. Raises InputError when the provider is absent."""
@@ -152,7 +162,7 @@ def benchmark_models(
     runners = [_runner(p.session, p.feed, settings.provider) for p in prepared]
     times = _timed_rounds(runners, settings, progress)
     report = BenchReport(_settings_dict(settings, spin), _environment(settings))
-    report.models = [_result(p, times, i) for i, p in enumerate(prepared)]
+    report.models = [_result(p, times, i, facts) for i, p in enumerate(prepared)]
     return report
 
 
@@ -293,7 +303,7 @@ def _timed_rounds(runners, settings: BenchSettings, progress: Progress | None) -
     return np.asarray(times)
 
 
-def _result(prepared: _Prepared, times: np.ndarray, index: int) -> ModelBench:
+def _result(prepared: _Prepared, times: np.ndarray, index: int, facts: FactsOf) -> ModelBench:
     model, feed, memory = prepared.model, prepared.feed, prepared.memory
     seconds = times[:, index]
     ms = seconds * 1000
@@ -302,14 +312,14 @@ def _result(prepared: _Prepared, times: np.ndarray, index: int) -> ModelBench:
     stats["max"] = float(ms.max())
     ratios = seconds / times[:, 0]
     batch = _batch_of(feed)
-    macs = count_macs(model.proto, {name: array.shape for name, array in feed.items()})
+    counted = facts(model.proto, {name: array.shape for name, array in feed.items()})
     return ModelBench(
         name=model.path.name,
         path=str(model.path),
         file_bytes=prepared.file_bytes,
-        params=parameter_count(model.proto),
-        macs=macs.total,
-        macs_expression=macs.expression,
+        params=counted.params,
+        macs=counted.macs,
+        macs_expression=counted.macs_expression,
         batch=batch,
         inputs=_shapes_of(feed),
         session_seconds=prepared.session_seconds,

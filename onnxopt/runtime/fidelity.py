@@ -2,18 +2,17 @@
 
 Metrics per output, accumulated while streaming (memory does not grow with the samples):
 max/mean absolute error, max error relative to the reference's range, cosine similarity,
-SNR in dB, and for 2-D logits top-1/top-5 agreement. `validate_models` runs two models on
-the same data and judges the result against `Thresholds`.
+SNR in dB, and for 2-D logits top-1/top-5 agreement. `compare_sessions` reports them per
+output; `ReferenceScorer` scores many candidates against one reference (cached outputs).
+`onnxopt.runtime.validate` judges a report against thresholds.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,16 +21,11 @@ import onnxruntime as ort
 from onnxopt.data.sources import (
     DataSource,
     Feed,
-    ImagePreprocess,
     feed_rows,
     feeds_up_to,
-    input_specs,
-    open_data,
 )
 from onnxopt.errors import CheckFailed, InputError
-from onnxopt.ir.io import load_model
-from onnxopt.ir.shapes import check_tensor_sizes
-from onnxopt.runtime.session import make_session, provider_name, session_options
+from onnxopt.runtime.session import make_session, session_options
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +93,14 @@ class _Accumulator:
         self.nonfinite = False
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        self.update_sums(ref, cand)
+        is_logits = ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating)
+        self.classifier = is_logits if self.classifier is None else self.classifier and is_logits
+        if is_logits:
+            self._update_topk(ref, cand)
+
+    def update_sums(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        """The error and cosine sums (no top-k)."""
         if ref.shape != cand.shape:
             raise ValueError(f"output '{self.name}' shape changed: {ref.shape} -> {cand.shape}")
         r = np.asarray(ref, dtype=np.float64).ravel()
@@ -121,10 +123,6 @@ class _Accumulator:
             self.ref_sq += float(r @ r)
             self.cand_sq += float(c @ c)
             self.err_sq += float(err @ err)
-        is_logits = ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating)
-        self.classifier = is_logits if self.classifier is None else self.classifier and is_logits
-        if is_logits:
-            self._update_topk(ref, cand)
 
     def _update_topk(self, ref: np.ndarray, cand: np.ndarray) -> None:
         ref_top = np.argmax(ref, axis=1)
@@ -236,105 +234,60 @@ def matched_outputs(reference: list[str], candidate: list[str]) -> list[str]:
     return list(candidate)
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Gates for `validate`; None skips a gate. Every output must meet every gate."""
+@dataclass
+class Score:
+    """One candidate against the reference: cosine of all outputs taken together, top-1
+    agreement of the first output when it is 2-D logits (else None)."""
 
-    min_cosine: float | None = None
-    """Lowest acceptable cosine similarity."""
-    min_top1: float | None = None
-    """Lowest acceptable top-1 agreement (fraction, 0..1) on 2-D logits outputs."""
-    max_abs: float | None = None
-    """Largest acceptable absolute error."""
+    cosine: float
+    top1: float | None
 
-    def given(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-def threshold_failures(report: FidelityReport, thresholds: Thresholds) -> list[str]:
-    """One line per output and gate missed. NaN never passes a gate."""
-    failures = []
-    for out in report.outputs:
-        if thresholds.min_cosine is not None and not out.cosine >= thresholds.min_cosine:
-            failures.append(
-                f"output '{out.name}' cosine {out.cosine:.6f} < {thresholds.min_cosine:g}"
-            )
-        if thresholds.max_abs is not None and not out.max_abs <= thresholds.max_abs:
-            failures.append(
-                f"output '{out.name}' max abs error {out.max_abs:.4g} > {thresholds.max_abs:g}"
-            )
-        if (
-            thresholds.min_top1 is not None
-            and out.top1 is not None
-            and not out.top1 >= thresholds.min_top1
-        ):
-            failures.append(
-                f"output '{out.name}' top-1 agreement {out.top1:.4f} < {thresholds.min_top1:g}"
-            )
-    if thresholds.min_top1 is not None and all(o.top1 is None for o in report.outputs):
-        failures.append("top-1 agreement not measured: no output is 2-D logits")
-    return failures
+    def meets(self, target_cosine: float | None, target_top1: float | None) -> bool:
+        if target_cosine is not None and not self.cosine >= target_cosine:
+            return False
+        return target_top1 is None or self.top1 is None or self.top1 >= target_top1
 
 
-ModelArg = str | os.PathLike | onnx.ModelProto
+class ReferenceScorer:
+    """Scores candidate models against a fixed reference's outputs on (a prefix of) `data`,
+    with the accumulators of `compare_runners`; the reference outputs are computed once and
+    kept when they take at most `max_cached_bytes`."""
 
+    def __init__(
+        self,
+        reference: onnx.ModelProto,
+        data: DataSource,
+        max_samples: int | None,
+        provider: str = "cpu",
+        max_cached_bytes: int = 256 * 2**20,
+    ) -> None:
+        self.data = data
+        self.max_samples = max_samples
+        self.provider = provider
+        self.max_cached_bytes = max_cached_bytes
+        options = session_options(spinning=False)
+        self.reference = make_session(reference, provider, options=options)
+        self.cache: list[list[np.ndarray]] | None = None
 
-def validate_models(
-    reference: ModelArg,
-    candidate: ModelArg,
-    data: str | os.PathLike | DataSource | object,
-    *,
-    thresholds: Thresholds | None = None,
-    provider: str = "cpu",
-    threads: int | None = None,
-    batch_size: int | None = None,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-    preprocess: ImagePreprocess | None = None,
-    seed: int = 0,
-    limit_batches: int | None = None,
-) -> FidelityReport:
-    """Run both models under ORT on the same feeds of `data`; judge against `thresholds`.
+    def _references(self) -> Iterator[list[np.ndarray]]:
+        if self.cache is not None:
+            yield from self.cache
+            return
+        kept, size = [], 0
+        for feed in feeds_up_to(self.data, self.max_samples):
+            outputs = self.reference.run(None, feed)
+            size += sum(o.nbytes for o in outputs)
+            kept.append(outputs)
+            yield outputs
+        self.cache = kept if size <= self.max_cached_bytes else None
 
-    `data` is anything `onnxopt.data.sources.open_data` accepts (opened for the reference's inputs).
-    The returned report lists missed thresholds in `failures`; it does not raise for them.
-    """
-    provider_name(provider)
-    ref_proto, ref_source = _model(reference)
-    cand_proto, cand_source = _model(candidate)
-    _check_same_inputs(ref_proto, cand_proto)
-    check_tensor_sizes(ref_proto)
-    check_tensor_sizes(cand_proto)
-    if data is None:
-        raise InputError("validate needs data: a .npz/.npy file, a folder, or 'random'")
-    source = open_data(
-        data, ref_proto, batch_size=batch_size, seed=seed, shapes=shapes, preprocess=preprocess
-    )
-    # the two sessions take turns: idle threads of one spinning would slow the other
-    options = session_options(threads=threads, spinning=False)
-    ref_session = make_session(ref_source, provider, options=options)
-    cand_session = make_session(cand_source, provider, options=options)
-    report = compare_sessions(ref_session, cand_session, source, limit_batches=limit_batches)
-    if report.samples == 0:
-        raise InputError(f"no samples in {source.description}")
-    thresholds = thresholds or Thresholds()
-    report.thresholds = thresholds.given()
-    report.failures = threshold_failures(report, thresholds)
-    return report
-
-
-def _model(model: ModelArg) -> tuple[onnx.ModelProto, onnx.ModelProto | str]:
-    """The proto (for input specs) and what a session is made from (the path when there is one)."""
-    if isinstance(model, onnx.ModelProto):
-        return model, model
-    loaded = load_model(model)
-    return loaded.proto, str(Path(loaded.path))
-
-
-def _check_same_inputs(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
-    ref_names = [s.name for s in input_specs(reference)]
-    cand_names = [s.name for s in input_specs(candidate)]
-    if sorted(ref_names) != sorted(cand_names):
-        raise InputError(
-            f"the models take different inputs: reference ({', '.join(ref_names)}), "
-            f"candidate ({', '.join(cand_names)})"
-        )
+    def score(self, model: onnx.ModelProto) -> Score:
+        session = make_session(model, self.provider, options=session_options(spinning=False))
+        joint, first = _Accumulator("outputs"), _Accumulator("first output")
+        feeds = feeds_up_to(self.data, self.max_samples)
+        for feed, reference in zip(feeds, self._references(), strict=False):
+            outputs = session.run(None, feed)
+            for ref, got in zip(reference, outputs, strict=True):
+                joint.update_sums(np.asarray(ref), np.asarray(got))
+            first.update(np.asarray(reference[0]), np.asarray(outputs[0]))
+        return Score(joint.result().cosine, first.result().top1)

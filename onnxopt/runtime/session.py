@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -75,3 +76,24 @@ def make_session(
     if name not in session.get_providers():
         raise InputError(f"onnxruntime did not enable {name} for this model")
     return session
+
+
+@dataclass
+class SessionOutcome:
+    session: ort.InferenceSession | None
+    error: str | None
+
+
+def try_session(model: onnx.ModelProto, provider: str) -> SessionOutcome:
+    """A session for the gates: they run two models in turn, so idle threads must not spin."""
+    try:
+        options = session_options(spinning=False)
+        return SessionOutcome(make_session(model, provider, options=options), None)
+    except Exception as exc:  # ORT raises its own exception types for invalid graphs
+        return SessionOutcome(None, f"onnxruntime session: {first_line(exc)}")
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for one-line reasons in reports."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

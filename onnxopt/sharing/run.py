@@ -15,7 +15,7 @@ from onnxopt.ir.codebook import Codebook, emit_decoder, supported_axis
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, Names, default_opset, replace_constant
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
-from onnxopt.quantization.fallback import Evaluator
+from onnxopt.runtime.fidelity import ReferenceScorer
 from onnxopt.sharing.allocate import Candidate, allocate
 from onnxopt.sharing.fit import Fitted, LayerModel, fit
 from onnxopt.sharing.holdout import few_row_weights
@@ -42,6 +42,7 @@ class ShareSettings:
     min_elements: int
     exclude: tuple[str, ...]
     iterations: int
+    provider: str = "cpu"
 
 
 @dataclass
@@ -214,7 +215,7 @@ class Probes:
     def __init__(self, model: onnx.ModelProto, data: DataSource, settings: ShareSettings):
         self.model = model
         self.settings = settings
-        self.evaluator = Evaluator(model, data, SENSITIVITY_SAMPLES)
+        self.evaluator = ReferenceScorer(model, data, SENSITIVITY_SAMPLES, settings.provider)
         self.sensitivity: dict[str, float] = {}
 
     def calibrate(
