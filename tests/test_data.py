@@ -11,7 +11,6 @@ import onnx
 import onnx.parser
 import pytest
 
-from onnxopt.analyses.activation_stats import stream_tensors
 from onnxopt.data.sources import (
     DirectorySource,
     ImageFolderSource,
@@ -26,6 +25,7 @@ from onnxopt.data.sources import (
     parse_shapes,
 )
 from onnxopt.errors import InputError
+from onnxopt.runtime.probe import stream_tensors
 
 
 def parse(text: str) -> onnx.ModelProto:
@@ -423,12 +423,12 @@ def test_parse_shapes():
 def test_streamed_tensors_come_in_order_up_to_max_samples_and_stop_cleanly():
     model = parse(HEADER + "g (float[N, 3] x) => (float[N, 3] y) { h = Neg(x)\n y = Relu(h) }")
     batches = [{"x": np.full((3, 3), float(i), np.float32)} for i in range(5)]
-    streamed = list(stream_tensors(model, ["h", "x"], batches, max_samples=7))
+    streamed = list(stream_tensors(model, ["h", "x"], batches, provider="cpu", max_samples=7))
     assert [rows for _, rows in streamed] == [3, 3, 3]  # the batch reaching 7 is the last
     for i, (values, _) in enumerate(streamed):
         np.testing.assert_array_equal(values["h"], -batches[i]["x"])
         assert values["x"] is batches[i]["x"]
-    stream = stream_tensors(model, ["h"], batches)
+    stream = stream_tensors(model, ["h"], batches, provider="cpu")
     first, _ = next(stream)
     stream.close()  # the batch running ahead finishes; nothing hangs
     np.testing.assert_array_equal(first["h"], -batches[0]["x"])

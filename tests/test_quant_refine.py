@@ -11,7 +11,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.analyses.activation_stats import expose_tensors
 from onnxopt.analyses.input_moments import (
     LayerInput,
     RowBudget,
@@ -26,6 +25,7 @@ from onnxopt.passes.quant import QuantOptions, QuantPass
 from onnxopt.quantization.bias_correction import Tap, output_shift
 from onnxopt.quantization.coverage import int8_coverage
 from onnxopt.quantization.plan import PlanConfig, make_plan
+from onnxopt.runtime.probe import expose_tensors
 from onnxopt.runtime.session import make_session, session_options
 from tests.conftest import float_model
 
@@ -99,7 +99,7 @@ def test_matmul_rows_are_strided_to_the_budget_and_h_accumulates_in_place():
 def test_depthwise_moments_come_from_the_first_samples_and_others_from_more():
     """Depthwise layers stop gathering H after DEPTHWISE_GPTQ_ROWS.samples samples; the 1x1
     layer behind them keeps going until GPTQ_ROWS.samples."""
-    from onnxopt.quantization.run import DEPTHWISE_GPTQ_ROWS, GPTQ_ROWS, Calibrator
+    from onnxopt.quantization.calibrate import DEPTHWISE_GPTQ_ROWS, GPTQ_ROWS, Calibrator
 
     rng = np.random.default_rng(4)
     dw = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)

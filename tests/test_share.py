@@ -468,7 +468,7 @@ def test_held_out_factor_flags_a_layer_fit_from_fewer_rows_than_inputs():
     feeds = [{"x": (rng.standard_normal((8, 128)) @ mixing).astype(np.float32)} for _ in range(8)]
     data = open_data(feeds, model)
     (found,) = find_weights(model, 64).weights
-    moments = input_hessians(model, [found.layer], data, 64)[found.layer.node]
+    moments = input_hessians(model, [found.layer], data, 64, "cpu")[found.layer.node]
     layers = {"W": LayerModel(found, moments)}
     assert few_row_weights(layers) == [found]
     factors = optimism(model, [found], data, 64, 3, 10)

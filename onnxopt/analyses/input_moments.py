@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxopt.analyses.activation_stats import stream_tensors
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
+from onnxopt.runtime.probe import TensorProbe
 
 
 @dataclass
@@ -201,12 +201,17 @@ class Moments:
 
 
 def input_hessians(
-    model: onnx.ModelProto, layers: list[LayerInput], data: DataSource, max_samples: int
+    model: onnx.ModelProto,
+    layers: list[LayerInput],
+    data: DataSource,
+    max_samples: int,
+    provider: str,
 ) -> dict[str, Moments]:
     """Per layer (node name): the sum over calibration samples of its input patches' x x^T."""
     tensors = sorted({layer.tensor for layer in layers})
     moments: dict[str, Moments] = {}
-    for batch, _ in stream_tensors(model, tensors, data, max_samples=max_samples):
+    probe = TensorProbe(model, tensors, provider)
+    for batch, _ in probe.stream(data, max_samples):
         for layer in layers:
             x = batch[layer.tensor]
             seen = moments.get(layer.node)

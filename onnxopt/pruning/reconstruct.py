@@ -33,7 +33,7 @@ from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.pruning.activations import TensorReader, batches
+from onnxopt.pruning.activations import batches, tensor_probe
 from onnxopt.pruning.augment import augment
 from onnxopt.pruning.lstsq import MAX_MOVE, HeldOutRefit, RefitChoice
 from onnxopt.pruning.rows import LayerRows, Where, target_rows
@@ -222,12 +222,12 @@ class Reconstruction:
         )
 
     def _teacher_targets(self, names: list[str]) -> dict[str, list[tuple[Where, np.ndarray]]]:
-        reader = TensorReader(
+        reader = tensor_probe(
             self.teacher, sorted(names), self.settings.provider, self.teacher_shapes
         )
         cache: dict[str, list] = {name: [] for name in names}
         for batch, (_, feed) in enumerate(self._feeds()):
-            outputs = reader(feed)
+            outputs = reader.read(feed)
             for name in names:
                 rows = self.rows[name]
                 y = outputs[name]
@@ -243,10 +243,10 @@ class Reconstruction:
 
     def _refit_wave(self, wave: list[str], cache: dict) -> None:
         inputs = sorted({self.nodes[name].input[0] for name in wave})
-        reader = TensorReader(self.student, inputs, self.settings.provider)
+        reader = tensor_probe(self.student, inputs, self.settings.provider)
         problems = {name: HeldOutRefit(self.nodes[name].op_type != "MatMul") for name in wave}
         for batch, (held_out, feed) in enumerate(self._feeds()):
-            xs = reader(feed)
+            xs = reader.read(feed)
             for name in wave:
                 where, targets = cache[name][batch]
                 x = self.rows[name].inputs(xs[self.nodes[name].input[0]], where)

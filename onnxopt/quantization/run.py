@@ -12,18 +12,16 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
-from threadpoolctl import threadpool_limits
 
-from onnxopt.analyses.activation_stats import channel_absmax, new_stats, stream_tensors
-from onnxopt.analyses.input_moments import LayerInput, RowBudget, accumulate, collect_layers
+from onnxopt.analyses.input_moments import collect_layers
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import default_opset
 from onnxopt.ir.qdq import ensure_node_names
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.numerics.histogram import StreamingHistogram, choose_range
 from onnxopt.quantization.bias_correction import CORRECTED_OPS, measure_shift
 from onnxopt.quantization.build import build_qdq
+from onnxopt.quantization.calibrate import EQUALIZE_SAMPLES, Calibrator, channel_absmax
 from onnxopt.quantization.equalize import (
     Rescaler,
     clipped_factors,
@@ -43,81 +41,12 @@ from onnxopt.runtime.fidelity import ReferenceScorer
 log = logging.getLogger(__name__)
 
 BIAS_CORRECTION_SAMPLES = 128
-EQUALIZE_SAMPLES = 32
-GPTQ_SAMPLES = 64
-"""Channel peaks for equalization and GPTQ's input moments come from the first samples only: on
-MobileNetV2 (300 calibration, 1200 agreement crops) 32 instead of 128 and 128 instead of 256
-samples left the output cosine at 0.9963 (+-0.00005); calibration main-thread CPU time went from
-7.7 to 5.5 s. 64 instead of 128 GPTQ samples: cosine 0.99658 vs 0.99656, top-1 93.1 vs 93.3 %
-(1200 crops, standard error 0.7), 0.5 s less."""
-GPTQ_ROWS = RowBudget(samples=GPTQ_SAMPLES, rows_per_column=128, min_rows=2048)
-"""Input rows per layer entering GPTQ's H, taken evenly from every sample: 128 per weight column,
-at least 2048. GPTQ's own setup (128 sequences x 2048 tokens) gives its widest layers 21 or fewer
-rows per column. Early large maps and depthwise layers had up to 100x more rows than this; on
-MobileNetV2 the output cosine moved by under 0.0002 (noise level), Hessian time fell 3x. Late,
-wide layers have fewer rows and keep all of them. A floor of 2048 instead of 8192 rows (it binds the
-depthwise layers: 9 columns) left the cosine on 1200 crops at 0.9966 and cut moment gathering
-from 2.0 to 1.4 s."""
-DEPTHWISE_GPTQ_ROWS = RowBudget(samples=16, rows_per_column=128, min_rows=2048)
-"""Depthwise layers take their rows from the first 16 samples: their H is per channel and small
-(k*k columns), and on small late maps every position entered it, 1152 channels x 25 columns on
-EfficientNet-Lite0's 5x5 layers (1.3 of its 2.2 s of moment gathering). MobileNetV2, 1200 crops:
-cosine 0.99669 vs 0.99672 with 64 samples; without GPTQ on depthwise layers it was 0.99631."""
 
 
 def activation_dtype(activation_type: str, provider: str) -> np.dtype:
     if activation_type == "auto":
         return np.dtype(np.int8 if provider == "cuda" else np.uint8)
     return np.dtype(activation_type)
-
-
-class Calibrator:
-    """Ranges of tensors of one float model, computed on first request and cached; the same
-    pass over the data also gathers the input moments GPTQ needs."""
-
-    def __init__(self, model: onnx.ModelProto, data: DataSource, options) -> None:
-        self.model = model
-        self.data = data
-        self.options = options
-        self.ranges: dict[str, tuple[float, float]] = {}
-        self.samples = 0
-
-    def ensure(self, tensors: list[str], layers: list[LayerInput] = ()) -> dict[str, np.ndarray]:
-        """Compute the missing ranges of `tensors` and return the input moments of `layers`."""
-        missing = [t for t in tensors if t not in self.ranges]
-        if not missing and not layers:
-            return {}
-        method = self.options.method
-        stats = new_stats(missing, method != "minmax", self.options.histogram_bins)
-        hessians: dict[str, np.ndarray] = {}
-        wanted = sorted(set(missing) | {layer.tensor for layer in layers})
-        limit = self.options.calib_samples if missing else min_limit(self.options.calib_samples)
-        seen = 0
-        # One BLAS thread while ORT runs between the products: on a few cores, BLAS threads
-        # waiting by spinning and ORT's threads take each other's cores (2-5x slower on 2 cores).
-        with threadpool_limits(limits=1, user_api="blas"):
-            for batch, rows in stream_tensors(self.model, wanted, self.data, max_samples=limit):
-                for name in missing:
-                    stats[name].update(np.asarray(batch[name], dtype=np.float32))
-                for layer in layers:
-                    budget = DEPTHWISE_GPTQ_ROWS if layer.depthwise else GPTQ_ROWS
-                    if seen < budget.samples:
-                        hessians[layer.node] = accumulate(
-                            hessians.get(layer.node), batch[layer.tensor], layer, budget
-                        )
-                seen += rows
-        self.samples = max(self.samples, seen if missing else 0)
-        for name, stat in stats.items():
-            if isinstance(stat, StreamingHistogram):
-                self.ranges[name] = choose_range(stat, method, self.options.percentile)
-            else:
-                lo, hi = (stat.minimum, stat.maximum) if stat.count else (0.0, 0.0)
-                self.ranges[name] = (min(lo, 0.0), max(hi, 0.0))
-        return hessians
-
-
-def min_limit(calib_samples: int | None) -> int:
-    return GPTQ_SAMPLES if calib_samples is None else min(calib_samples, GPTQ_SAMPLES)
 
 
 class QuantRun:
@@ -156,7 +85,7 @@ class QuantRun:
                 "nothing quantized: no Conv/Gemm/MatMul with a float32 constant weight"
             )
             return None
-        calibrator = Calibrator(model, self.data, self.options)
+        calibrator = Calibrator(model, self.data, self.options, self.provider)
         self.refine(model, plan, calibrator)
         quantized = self.assemble(model, plan, calibrator)
         if self.options.target_cosine is not None or self.options.target_top1 is not None:
@@ -188,7 +117,9 @@ class QuantRun:
         if not groups:
             return model
         axes = {t: g.axis for g in groups for t in g.tensors}
-        peaks = channel_absmax(model, axes, self.data, max_samples=EQUALIZE_SAMPLES)
+        peaks = channel_absmax(
+            model, axes, self.data, provider=self.provider, max_samples=EQUALIZE_SAMPLES
+        )
         equalized = onnx.ModelProto()
         equalized.CopyFrom(model)
         rescaler = Rescaler(equalized)
@@ -226,7 +157,7 @@ class QuantRun:
             }
             candidate = self.assemble(model, plan, calibrator)
             self.offsets = measure_shift(
-                candidate, model, corrected, self.data, BIAS_CORRECTION_SAMPLES
+                candidate, model, corrected, self.data, BIAS_CORRECTION_SAMPLES, self.provider
             )
             self.stats["bias_corrected_layers"] = len(self.offsets)
 

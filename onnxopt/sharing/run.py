@@ -102,7 +102,9 @@ class ShareRun:
         if self.data is None:
             self.skipped.append("codebooks fit to the weights only: no calibration data given")
             return {}
-        hessians = input_hessians(model, [w.layer for w in with_layer], self.data, HESSIAN_SAMPLES)
+        hessians = input_hessians(
+            model, [w.layer for w in with_layer], self.data, HESSIAN_SAMPLES, self.settings.provider
+        )
         self.stats["data_aware_layers"] = len(hessians)
         return {
             w.tensor: LayerModel(w, hessians[w.layer.node])
@@ -160,7 +162,13 @@ class ShareRun:
             few_rows = few_row_weights(layers)
             iterations = self.settings.iterations
             optimism = held_out_optimism(
-                model, few_rows, self.data, HESSIAN_SAMPLES, PROBE_BITS, iterations
+                model,
+                few_rows,
+                self.data,
+                HESSIAN_SAMPLES,
+                PROBE_BITS,
+                iterations,
+                self.settings.provider,
             )
             self.stats["held_out_error_factor"] = {k: round(v, 3) for k, v in optimism.items()}
         for weight in weights:
