@@ -23,7 +23,8 @@ from onnxopt.report.tables import (
     summary_blocks,
     to_json,
 )
-from onnxopt.report.terminal import human_bytes, human_count, print_table
+from onnxopt.report.terminal import print_table
+from onnxopt.units import human_bytes, human_count
 
 log = logging.getLogger("onnxopt")
 

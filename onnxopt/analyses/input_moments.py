@@ -15,6 +15,7 @@ import onnx
 
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
+from onnxopt.ir.layers import conv_output_size
 from onnxopt.runtime.probe import TensorProbe
 
 
@@ -122,11 +123,6 @@ def _row_taps(shape: tuple[int, ...], layer: LayerInput, step: int) -> np.ndarra
     height, _ = _output_grid(shape, layer)
     first = np.arange(0, height, step)[:, None] * layer.strides[0] - layer.pads[0]
     return (first + np.arange(layer.kernel[0])[None] * layer.dilations[0]).reshape(-1)
-
-
-def conv_output_size(size: int, before: int, after: int, kernel: int, stride: int, dilation: int):
-    """Output length of a convolution along one spatial axis."""
-    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _position_step(positions: int, grid: tuple[int, int] = (1, 1), per_sample: int | None = None):

@@ -43,7 +43,8 @@ from onnxopt.data.feeds import (
 )
 from onnxopt.data.images import IMAGE_SUFFIXES, ImageFolderSource, ImagePreprocess, parse_preprocess
 from onnxopt.errors import InputError
-from onnxopt.ir.limits import human_bytes, memory_budget
+from onnxopt.ir.limits import memory_budget
+from onnxopt.units import human_bytes
 
 log = logging.getLogger(__name__)
 

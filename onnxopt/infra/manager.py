@@ -17,7 +17,7 @@ from onnxopt.data.holdout import HOLDOUT_FRACTION, split_holdout
 from onnxopt.data.sources import DataSource, RandomSource, input_specs
 from onnxopt.errors import CheckFailed, OnnxoptError, PassCrashed
 from onnxopt.infra import checks
-from onnxopt.infra.instrument import Instrument, measure
+from onnxopt.infra.instrument import Instrument, PassResources
 from onnxopt.infra.pass_base import Pass, PassContext
 from onnxopt.infra.pipeline import Pipeline
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
@@ -65,7 +65,7 @@ class PassManager:
         self.calibration = calibration
         self.validation = validation
         self.holdout = holdout
-        self.instruments = list(instruments)
+        self.instruments = [PassResources(), *instruments]
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, RunReport]:
         """Optimize `model` (left unmodified) and return the new model with its report."""
@@ -127,15 +127,15 @@ class PassManager:
             instrument.before_pass(pass_.name)
         snapshot = ctx.analyses.snapshot()
         try:
-            with measure() as usage:
-                result = pass_.run(copy.deepcopy(model), ctx)
+            result = pass_.run(copy.deepcopy(model), ctx)
         except OnnxoptError:
             raise
         except Exception as exc:
             for instrument in self.instruments:
                 instrument.pass_failed(pass_.name, exc)
             raise PassCrashed(pass_.name, previous, exc) from exc
-        record.seconds, record.peak_rss_mb = usage.seconds, usage.peak_rss_mb
+        for instrument in self.instruments:
+            instrument.after_run(pass_.name, record)
         record.stats, record.skipped = result.stats, result.skipped
         record.expected = pass_.fidelity().describe()
         accepted_model, accepted_session = model, session

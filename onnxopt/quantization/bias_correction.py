@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.analyses.input_moments import conv_output_size
 from onnxopt.data.sources import DataSource, feeds_up_to
 from onnxopt.ir.graph import GraphIndex, node_attr
+from onnxopt.ir.layers import conv_output_size, conv_pads
 from onnxopt.runtime.probe import TensorProbe
 
 log = logging.getLogger(__name__)
@@ -185,23 +185,6 @@ def offset_reads(size, kernel, stride, dilation, before, after) -> tuple[np.ndar
     for k in range(kernel):
         reads[k, index[k][(index[k] >= 0) & (index[k] < size)]] = 1.0  # distinct: stride >= 1
     return reads, outputs
-
-
-def conv_pads(node, sizes, kernel, strides, dilations) -> list[int]:
-    """Explicit begin/end pads of a Conv (auto_pad resolved for these input sizes)."""
-    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("NOTSET", ""):
-        return list(node_attr(node, "pads", None) or [0] * (2 * len(kernel)))
-    if auto_pad == "VALID":
-        return [0] * (2 * len(kernel))
-    begins, ends = [], []
-    for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
-        total = max(0, (-(-size // s) - 1) * s + d * (k - 1) + 1 - size)
-        small, large = total // 2, total - total // 2
-        begins.append(large if auto_pad == "SAME_LOWER" else small)
-        ends.append(small if auto_pad == "SAME_LOWER" else large)
-    return begins + ends
 
 
 def output_shift(tap: Tap, mean: np.ndarray) -> np.ndarray:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from onnxopt.analyses.summary import ModelSummary
-from onnxopt.report.terminal import human_bytes, human_count
 from onnxopt.runtime.bench import BenchReport, Progress
 from onnxopt.runtime.fidelity import FidelityReport
+from onnxopt.units import human_bytes, human_count
 
 
 @dataclass

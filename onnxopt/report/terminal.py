@@ -25,18 +25,3 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows)
     print("\n".join(line.rstrip() for line in lines))
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
-        count /= 1000
-    return f"{count:.2f} GB"
-
-
-def human_count(count: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(count) >= scale:
-            return f"{count / scale:.2f}{unit}"
-    return f"{count:.0f}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from onnxopt.runtime.session import make_session, session_options
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ class MemoryUse:
     method: str
 
 
-def _status_kb(key: str) -> int | None:
+def status_kb(key: str) -> int | None:
+    """A `kB` line of /proc/self/status (VmRSS, VmHWM); None where there is none."""
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith(key + ":"):
@@ -45,7 +49,8 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux: write 5 to clear_refs); False if impossible."""
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
@@ -53,19 +58,25 @@ def _reset_peak() -> bool:
     return True
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (since the last reset where Linux allows it)."""
+    peak = status_kb("VmHWM")
+    if peak is not None:
+        return peak / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _probe(model_path: str, provider: str, threads: int | None, feed: dict[str, np.ndarray]):
     """Runs in the child: create the session, run once, report RSS deltas in bytes."""
-    from onnxopt.runtime.session import make_session, session_options
-
-    baseline = _status_kb("VmRSS")
+    baseline = status_kb("VmRSS")
     if baseline is None:
         return MemoryUse(None, None, "unavailable (no /proc/self/status)")
-    exact = _reset_peak()
+    exact = reset_peak_rss()
     session = make_session(model_path, provider, options=session_options(threads=threads))
-    created = _status_kb("VmRSS") or baseline
+    created = status_kb("VmRSS") or baseline
     session.run(None, feed)
-    after_run = _status_kb("VmRSS") or created
-    peak = _status_kb("VmHWM") if exact else max(created, after_run)
+    after_run = status_kb("VmRSS") or created
+    peak = status_kb("VmHWM") if exact else max(created, after_run)
     method = "VmHWM reset via clear_refs" if exact else "VmRSS samples (clear_refs refused)"
     return MemoryUse((peak - baseline) * 1024, (created - baseline) * 1024, method)
 
@@ -90,9 +101,9 @@ def measure_memory(
     timeout: float = 600.0,
 ) -> MemoryUse:
     """Session memory of `model_path` measured in a fresh child process."""
-    if _status_kb("VmRSS") is None:
+    if status_kb("VmRSS") is None:
         return MemoryUse(None, None, "unavailable (no /proc/self/status)")
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     code = "from onnxopt.runtime.memory import child_main; child_main()"
