@@ -55,7 +55,7 @@ class CleanupOptions:
     remove_passthrough: bool = option(True, "remove Identity, inference Dropout and no-op Reshape")
 
 
-class CleanupPass(Pass):
+class CleanupPass(Pass[CleanupOptions]):
     name = "cleanup"
     summary = "fold BatchNorm and constants, remove Identity/Dropout/no-op Reshape and dead code"
     Options = CleanupOptions

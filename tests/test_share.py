@@ -471,5 +471,5 @@ def test_held_out_factor_flags_a_layer_fit_from_fewer_rows_than_inputs():
     moments = input_hessians(model, [found.layer], data, 64, "cpu")[found.layer.node]
     layers = {"W": LayerModel(found, moments)}
     assert few_row_weights(layers) == [found]
-    factors = optimism(model, [found], data, 64, 3, 10)
+    factors = optimism(model, [found], data, 64, 3, 10, "cpu")
     assert factors["W"] > 1.2

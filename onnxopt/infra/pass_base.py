@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import onnx
 
@@ -66,6 +66,9 @@ class PassContext:
         return self.calibration
 
 
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass
 class PassResult:
     """A pass's output model, whether it changed anything, counters, and what it refused and why."""
@@ -76,7 +79,7 @@ class PassResult:
     skipped: list[str] = field(default_factory=list)
 
 
-class Pass(ABC):
+class Pass(ABC, Generic[OptionsT]):
     """Base class of every pass. Subclasses set the class attributes and implement `apply`.
 
     `apply` receives a private copy of the model and may mutate it; the manager keeps the
@@ -89,8 +92,8 @@ class Pass(ABC):
     min_opset: ClassVar[int] = 1
     preserves: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, options: Any = None) -> None:
-        self.options = options if options is not None else self.Options()
+    def __init__(self, options: OptionsT | None = None) -> None:
+        self.options: OptionsT = options if options is not None else self.Options()
 
     def fidelity(self) -> Fidelity:
         """The numeric check the manager applies after this pass; exact by default."""

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from onnxopt.analyses.input_moments import LayerInput, RowBudget, accumulate
 from onnxopt.data.sources import DataSource
 from onnxopt.numerics.histogram import StreamingHistogram, choose_range
+from onnxopt.quantization.options import QuantOptions
 from onnxopt.runtime.probe import TensorProbe
 
 EQUALIZE_SAMPLES = 32
@@ -71,7 +72,7 @@ class Calibrator:
     pass over the data also gathers the input moments GPTQ needs."""
 
     def __init__(
-        self, model: onnx.ModelProto, data: DataSource, options, provider: str = "cpu"
+        self, model: onnx.ModelProto, data: DataSource, options: QuantOptions, provider: str = "cpu"
     ) -> None:
         self.model = model
         self.data = data

@@ -34,6 +34,7 @@ from onnxopt.quantization.fallback import (
     search_fallback,
     tensor_units,
 )
+from onnxopt.quantization.options import QuantOptions
 from onnxopt.quantization.params import ActivationParams, activation_params
 from onnxopt.quantization.plan import Plan, PlanConfig, make_plan
 from onnxopt.runtime.fidelity import ReferenceScorer
@@ -50,7 +51,7 @@ def activation_dtype(activation_type: str, provider: str) -> np.dtype:
 
 
 class QuantRun:
-    def __init__(self, options, provider: str, data: DataSource) -> None:
+    def __init__(self, options: QuantOptions, provider: str, data: DataSource) -> None:
         self.options = options
         self.provider = provider
         self.data = data
