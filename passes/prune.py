@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import onnx
 
-from onnxopt.analyses.channel_groups import analyze_channel_groups
 from onnxopt.errors import InputError
+from onnxopt.infra.analysis import channel_groups_of, shapes_of
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
 from onnxopt.pruning.importance import DATA_CRITERIA
 from onnxopt.pruning.options import PruneOptions
@@ -38,14 +38,12 @@ from onnxopt.pruning.run import PruneRun
 
 __all__ = ["PruneOptions", "PrunePass"]
 
-CHANNEL_GROUPS = "channel_groups"
-"""Name of the channel analysis in the pass context's analysis cache."""
-
 
 class PrunePass(Pass[PruneOptions]):
     name = "prune"
     summary = "structured channel pruning with dependency groups and least-squares reconstruction"
     Options = PruneOptions
+    preserves = frozenset()  # removes channels: shapes and groups change
     min_opset = 7
 
     def fidelity(self) -> Fidelity:
@@ -65,8 +63,9 @@ class PrunePass(Pass[PruneOptions]):
         super().check_applicable(model, ctx)
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        groups = ctx.analyses.get(CHANNEL_GROUPS, analyze_channel_groups, model)
-        run = PruneRun(self.options, ctx.provider, ctx.seed, ctx.calibration)
+        shapes = shapes_of(ctx.analyses, model)
+        groups = channel_groups_of(ctx.analyses, model)
+        run = PruneRun(self.options, ctx.provider, ctx.seed, ctx.calibration, shapes)
         pruned = run.prune(model, groups)
         if pruned is None:
             return PassResult(model, False, run.stats, run.skipped)

@@ -46,6 +46,7 @@ class QuantPass(Pass[QuantOptions]):
     name = "quant"
     summary = "static int8 QDQ quantization (calibrated) that ORT fuses into int8 kernels"
     Options = QuantOptions
+    preserves = frozenset()  # inserts Q/DQ nodes: every tensor set changes
     min_opset = 10
 
     def requires_calibration(self) -> bool:

@@ -42,6 +42,7 @@ class SharePass(Pass[ShareOptions]):
     name = "share"
     summary = "weight sharing: exact dedup, k-means codebooks decoded in-graph (data-aware)"
     Options = ShareOptions
+    preserves = frozenset()  # merges and re-encodes constants: new tensors, new readers
 
     def __init__(self, options: ShareOptions | None = None) -> None:
         super().__init__(options)

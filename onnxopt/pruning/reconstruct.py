@@ -32,7 +32,7 @@ from onnxopt.data.holdout import count_samples, row_range
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
-from onnxopt.ir.shapes import infer_shapes
+from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 from onnxopt.pruning.activations import batches, tensor_probe
 from onnxopt.pruning.augment import augment
 from onnxopt.pruning.lstsq import MAX_MOVE, HeldOutRefit, RefitChoice
@@ -143,11 +143,14 @@ class Reconstruction:
         keep,
         data: RefitData,
         settings: RefitSettings,
+        teacher_shapes: ShapeInfo | None = None,
     ):
         self.teacher, self.student = teacher, student
         self.groups, self.keep = groups, keep
         self.data, self.settings = data, settings
-        self.teacher_shapes = infer_shapes(teacher)
+        self.teacher_shapes = (
+            teacher_shapes if teacher_shapes is not None else infer_shapes(teacher)
+        )
         self.choices: dict[str, RefitChoice] = {}
 
     def run(self, changed: set[str]) -> dict:
@@ -271,9 +274,12 @@ def reconstruct(
     changed: set[str],
     data: RefitData,
     settings: RefitSettings,
+    teacher_shapes: ShapeInfo | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Refit the student's layers downstream of `changed` tensors; returns (model, stats)."""
-    stats = Reconstruction(teacher, student, groups, keep, data, settings).run(changed)
+    """Refit the student's layers downstream of `changed` tensors; returns (model, stats).
+    `teacher_shapes`: the teacher's shapes when the caller has them (else inferred)."""
+    refit = Reconstruction(teacher, student, groups, keep, data, settings, teacher_shapes)
+    stats = refit.run(changed)
     return student, stats
 
 

@@ -19,6 +19,7 @@ from onnxopt.analyses.macs import count_macs
 from onnxopt.analyses.stats import parameter_count
 from onnxopt.data.sources import DataSource
 from onnxopt.errors import InputError
+from onnxopt.ir.shapes import ShapeInfo
 from onnxopt.pruning.activations import channel_moments, consumer_grams
 from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.importance import (
@@ -44,9 +45,16 @@ from onnxopt.pruning.sensitivity import loss_curves, probe_groups
 
 class PruneRun:
     def __init__(
-        self, options: PruneOptions, provider: str, seed: int, data: DataSource | None
+        self,
+        options: PruneOptions,
+        provider: str,
+        seed: int,
+        data: DataSource | None,
+        shapes: ShapeInfo | None = None,
     ) -> None:
+        """`shapes`: those of the model `prune` will be given, when the caller has them."""
         self.options = options
+        self.shapes = shapes
         self.provider = provider
         self.seed = seed
         self.data = data
@@ -124,7 +132,9 @@ class PruneRun:
                 counts[group] = count
         settings = self._refit_settings() if self.options.reconstruct else None
         data = self._data()
-        return probe_groups(model, groups, scores, counts, data, self.provider, settings)
+        return probe_groups(
+            model, groups, scores, counts, data, self.provider, settings, self.shapes
+        )
 
     def _refit_settings(self) -> RefitSettings:
         o = self.options
@@ -198,7 +208,9 @@ class PruneRun:
             probe = FidelityProbe(teacher, data.held_out, self.provider)
             stats["fidelity_data"] = f"{probe.description}, not fitted by the refit"
             stats["before_reconstruction"] = probe.measure(pruned)
-        pruned, refit_stats = reconstruct(teacher, pruned, groups, keep, changed, data, settings)
+        pruned, refit_stats = reconstruct(
+            teacher, pruned, groups, keep, changed, data, settings, self.shapes
+        )
         stats.update(refit_stats)
         if probe is not None:
             stats["after_reconstruction"] = probe.measure(pruned)

@@ -33,6 +33,7 @@ from onnxopt.data.sources import (
     input_specs,
     take_rows,
 )
+from onnxopt.ir.shapes import ShapeInfo
 from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.reconstruct import RefitData, RefitSettings, reconstruct
 from onnxopt.pruning.rewrite import apply_keep, changed_tensors
@@ -70,6 +71,7 @@ def probe_groups(
     data: DataSource,
     provider: str,
     settings: RefitSettings | None,
+    shapes: ShapeInfo | None = None,
 ) -> dict[int, Probe]:
     """Probe each group of `counts` (group -> channels it keeps in the probe); refit with
     `settings` (None: measure the pruned model as it is)."""
@@ -93,7 +95,7 @@ def probe_groups(
         student = apply_keep(copy.deepcopy(teacher), groups, keep)
         if refit is not None:
             changed = changed_tensors(groups, keep)
-            student, _ = reconstruct(teacher, student, groups, keep, changed, fit, refit)
+            student, _ = reconstruct(teacher, student, groups, keep, changed, fit, refit, shapes)
         loss = 1.0 - float(held.measure(student)["cosine"])
         removed = len(score) - count
         probes[group] = Probe(removed, max(loss, 0.0))
