@@ -197,3 +197,32 @@ class DataSource(ABC):
 
     @abstractmethod
     def __iter__(self) -> Iterator[Feed]: ...
+
+
+def feed_rows(feed: Feed) -> int:
+    """Samples in a feed: the leading dimension of its first array (1 for a scalar)."""
+    for array in feed.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 0
+
+
+def feeds_up_to(data: Iterable[Feed], max_samples: int | None) -> Iterator[Feed]:
+    """The batches of `data`, up to the one that reaches `max_samples` samples (all: None)."""
+    samples = 0
+    for feed in data:
+        yield feed
+        samples += feed_rows(feed)
+        if max_samples is not None and samples >= max_samples:
+            return
+
+
+def take_rows(pending: list[Feed], count: int) -> tuple[Feed, list[Feed]]:
+    """The first `count` rows of the pending chunks, and what is left of them."""
+    names = list(pending[0])
+    joined = {name: np.concatenate([chunk[name] for chunk in pending]) for name in names}
+    batch = {name: np.ascontiguousarray(array[:count]) for name, array in joined.items()}
+    rest = {name: array[count:] for name, array in joined.items()}
+    return batch, ([rest] if feed_rows(rest) else [])
+
+
+# --- Python objects ---------------------------------------------------------------------

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxopt.data.feeds import DEFAULT_DYNAMIC_BATCH, static_batch
-from onnxopt.data.sources import DataSource, Feed, feed_rows, take_rows
+from onnxopt.data.feeds import DEFAULT_DYNAMIC_BATCH, feed_rows, static_batch, take_rows
+from onnxopt.data.sources import DataSource, Feed
 
 log = logging.getLogger(__name__)
 

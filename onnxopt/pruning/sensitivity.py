@@ -24,15 +24,8 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
-from onnxopt.data.sources import (
-    DataSource,
-    Feed,
-    IterableSource,
-    feed_rows,
-    feeds_up_to,
-    input_specs,
-    take_rows,
-)
+from onnxopt.data.feeds import feed_rows, feeds_up_to, take_rows
+from onnxopt.data.sources import DataSource, Feed, IterableSource, input_specs
 from onnxopt.ir.shapes import ShapeInfo
 from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.reconstruct import RefitData, RefitSettings, reconstruct

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.data.sources import DataSource, feeds_up_to
+from onnxopt.data.feeds import feeds_up_to
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
 from onnxopt.ir.layers import conv_output_size, conv_pads
 from onnxopt.runtime.probe import TensorProbe

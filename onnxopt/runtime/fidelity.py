@@ -18,12 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.data.sources import (
-    DataSource,
-    Feed,
-    feed_rows,
-    feeds_up_to,
-)
+from onnxopt.data.feeds import feed_rows, feeds_up_to
+from onnxopt.data.sources import DataSource, Feed
 from onnxopt.errors import CheckFailed, InputError
 from onnxopt.runtime.session import make_session, session_options
 

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 
-from onnxopt.data.sources import Feed, feed_rows, feeds_up_to
+from onnxopt.data.feeds import feed_rows, feeds_up_to
+from onnxopt.data.sources import Feed
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.runtime.session import make_session, session_options
 

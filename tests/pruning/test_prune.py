@@ -21,7 +21,7 @@ from onnxopt.pruning.select import Rounding, layer_macs, pruned_macs, select_by_
 from onnxopt.pruning.sensitivity import Probe, loss_curves
 from onnxopt.runtime.session import make_session
 from tests.conftest import REPO, random_feed
-from tests.test_prune_oracle import oracle
+from tests.pruning.test_prune_oracle import oracle
 
 DATA_FREE = {"criterion": "l1", "reconstruct": False}
 

@@ -19,7 +19,7 @@ from onnxopt.quantization.coverage import int8_coverage
 from onnxopt.runtime.session import make_session
 from tests.conftest import REPO, run_cli
 from tests.conftest import float_model as _model
-from tests.test_quant_parts import stem_block_model
+from tests.quantization.test_quant_parts import stem_block_model
 
 DIGITS_VAL = REPO / "examples" / "digits_val.npz"
 
