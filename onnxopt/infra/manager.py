@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import onnx
 
@@ -87,30 +85,26 @@ class PassManager:
         start = try_session(model, self.provider)
         if start.session is None:
             raise OnnxoptError(f"the input model does not load in onnxruntime: {start.error}")
-        with tempfile.TemporaryDirectory(prefix="onnxopt-run-") as workdir:
-            ctx = PassContext(
-                provider=self.provider,
-                seed=self.seed,
-                calibration=plan.fit,
-                workdir=Path(workdir),
+        ctx = PassContext(
+            provider=self.provider,
+            seed=self.seed,
+            calibration=plan.fit,
+        )
+        current, session = model, start.session
+        versus_input = None  # the gate's fidelity when it compared to the input model
+        for index, (step, pass_) in enumerate(zip(self.pipeline.steps, self.passes, strict=True)):
+            previous = [s.name for s in self.pipeline.steps[:index]]
+            record = PassRecord(
+                name=pass_.name, step=step.to_text(), before=report.after or report.before
             )
-            current, session = model, start.session
-            versus_input = None  # the gate's fidelity when it compared to the input model
-            for index, (step, pass_) in enumerate(
-                zip(self.pipeline.steps, self.passes, strict=True)
-            ):
-                previous = [s.name for s in self.pipeline.steps[:index]]
-                record = PassRecord(
-                    name=pass_.name, step=step.to_text(), before=report.after or report.before
-                )
-                before = session
-                current, session = self._run_one(
-                    pass_, current, session, ctx, data, record, previous, report
-                )
-                if session is not before:
-                    versus_input = record.fidelity if before is start.session else None
-                report.passes.append(record)
-                report.after = record.after
+            before = session
+            current, session = self._run_one(
+                pass_, current, session, ctx, data, record, previous, report
+            )
+            if session is not before:
+                versus_input = record.fidelity if before is start.session else None
+            report.passes.append(record)
+            report.after = record.after
         report.after = model_stats(current)
         if versus_input is not None:
             report.fidelity = copy.deepcopy(versus_input)  # the only accepted change: its gate

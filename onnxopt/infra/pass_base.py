@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import onnx
@@ -55,7 +54,6 @@ class PassContext:
     seed: int = 0
     calibration: DataSource | None = None
     analyses: AnalysisCache = field(default_factory=AnalysisCache)
-    workdir: Path | None = None
 
     def require_calibration(self, pass_name: str) -> DataSource:
         if self.calibration is None:
