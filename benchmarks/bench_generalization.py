@@ -46,8 +46,8 @@ from benchmarks.imagenet_data import (
 )
 from benchmarks.results_file import write_section
 from onnxopt.api import benchmark, optimize, validate
-from onnxopt.data import open_data
-from onnxopt.infra.errors import OnnxoptError, PassCrashed
+from onnxopt.data.sources import open_data
+from onnxopt.errors import OnnxoptError, PassCrashed
 from onnxopt.infra.pipeline import Pipeline, PipelineStep, parse_pipeline
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,11 @@ def check_disjoint(calib_n: int, eval_n: int) -> None:
 def fitted_rows(calib: Path, fp32: Path, samples: int) -> tuple[np.ndarray, str]:
     """Positions of the calibration samples the passes fit on, and the tool's note on its split.
 
-    Where the tool holds a seeded share of --calib out (`onnxopt.holdout`), the same split is
+    Where the tool holds a seeded share of --calib out (`onnxopt.data.holdout`), the same split is
     recomputed here (`optimize` checks its note against the report's); otherwise all rows.
     """
     try:
-        from onnxopt.holdout import split_holdout
+        from onnxopt.data.holdout import split_holdout
     except ImportError:  # a tool without a holdout fits on every calibration sample
         return np.arange(samples), ""
     split = split_holdout(open_data(calib, onnx.load(str(fp32))), seed=SEED)

@@ -43,17 +43,17 @@ from benchmarks.imagenet_data import CALIBRATION_PHOTOS, OTHER_PHOTOS, photo_cro
 from benchmarks.mobilenet_v2 import export_mobilenet_v2
 from benchmarks.results_file import write_section as write_results_section
 from onnxopt.analyses.macs import count_macs
-from onnxopt.analyses.stats import parameter_count
-from onnxopt.bench import BenchSettings, benchmark_models
-from onnxopt.data import IterableSource, NpzSource, input_specs
-from onnxopt.holdout import HOLDOUT_FRACTION, MAX_HOLDOUT, MIN_HOLDOUT
-from onnxopt.infra.errors import OnnxoptError, OptionError, PassCrashed
+from onnxopt.analyses.stats import bench_facts, parameter_count
+from onnxopt.data.holdout import HOLDOUT_FRACTION, MAX_HOLDOUT, MIN_HOLDOUT
+from onnxopt.data.sources import IterableSource, NpzSource, input_specs
+from onnxopt.errors import OnnxoptError, OptionError, PassCrashed
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.infra.pipeline import parse_pipeline
 from onnxopt.infra.registry import get_pass_class
 from onnxopt.pruning.reconstruct import MIN_HELD_OUT
-from onnxopt.runtime import make_session
+from onnxopt.runtime.bench import BenchSettings, benchmark_models
+from onnxopt.runtime.session import make_session
 
 OUT = Path("benchmarks/out/prune")
 PLOT = Path("benchmarks/prune_quality_vs_macs.png")
@@ -248,7 +248,7 @@ def measure(case: Case, ratios, runs: int, reuse: bool, notes: list[str], out: P
         models.append(model)
         logging.info("%s", row)
     settings = BenchSettings(batch=case.batch, runs=runs, memory=False)
-    report = benchmark_models(models, settings=settings)
+    report = benchmark_models(models, settings=settings, facts=bench_facts)
     for row, bench in zip(rows, report.models, strict=True):
         row.latency_ratio = bench.ratio
     return rows

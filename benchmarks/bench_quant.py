@@ -31,10 +31,11 @@ import numpy as np
 import onnx
 
 from benchmarks.results_file import write_section as write_results_section
-from onnxopt.analyses.int8_coverage import int8_coverage
-from onnxopt.bench import BenchSettings, benchmark_models
-from onnxopt.holdout import HOLDOUT_FRACTION, MAX_HOLDOUT, MIN_HOLDOUT
-from onnxopt.runtime import make_session, session_options
+from onnxopt.analyses.stats import bench_facts
+from onnxopt.data.holdout import HOLDOUT_FRACTION, MAX_HOLDOUT, MIN_HOLDOUT
+from onnxopt.quantization.coverage import int8_coverage
+from onnxopt.runtime.bench import BenchSettings, benchmark_models
+from onnxopt.runtime.session import make_session, session_options
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -427,6 +428,7 @@ def measure(
         [str(p) for p in paths],
         settings=BenchSettings(threads=2, runs=runs, memory=False),
         data=[case.latency_feed],
+        facts=bench_facts,
     )
     for row, bench in zip(rows, report.models, strict=True):
         row.speedup = 1.0 / bench.ratio

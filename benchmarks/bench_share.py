@@ -26,9 +26,10 @@ import numpy as np
 
 from benchmarks.results_file import write_section as write_results_section
 from onnxopt import api
-from onnxopt.bench import BenchSettings, benchmark_models
-from onnxopt.holdout import HOLDOUT_FRACTION, MAX_HOLDOUT, MIN_HOLDOUT
-from onnxopt.runtime import make_session, session_options
+from onnxopt.analyses.stats import bench_facts
+from onnxopt.data.holdout import HOLDOUT_FRACTION, MAX_HOLDOUT, MIN_HOLDOUT
+from onnxopt.runtime.bench import BenchSettings, benchmark_models
+from onnxopt.runtime.session import make_session, session_options
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "share"
@@ -158,6 +159,7 @@ def main() -> None:
         [str(base), *map(str, paths)],
         settings=BenchSettings(threads=2, runs=60, memory=False),
         data=[{"input": images[:1]}],
+        facts=bench_facts,
     )
     loads = load_ratios(base, paths)
     for row, bench, load in zip(rows, report.models[1:], loads, strict=True):

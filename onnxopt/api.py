@@ -8,11 +8,17 @@ from pathlib import Path
 
 import onnx
 
+from onnxopt.analyses.stats import bench_facts
 from onnxopt.analyses.summary import ModelSummary, summarize
-from onnxopt.bench import BenchReport, BenchSettings, Progress, benchmark_models
-from onnxopt.data import DataSource, ImagePreprocess, open_data, parse_preprocess, parse_shapes
-from onnxopt.holdout import HOLDOUT_FRACTION
-from onnxopt.infra.errors import OptionError
+from onnxopt.data.holdout import HOLDOUT_FRACTION
+from onnxopt.data.sources import (
+    DataSource,
+    ImagePreprocess,
+    open_data,
+    parse_preprocess,
+    parse_shapes,
+)
+from onnxopt.errors import OptionError
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.options import describe_options
 from onnxopt.infra.pipeline import Pipeline, load_pipeline_file, parse_pipeline
@@ -26,9 +32,11 @@ from onnxopt.ir.io import (
     save_model,
     write_text_atomic,
 )
-from onnxopt.report_tables import csv_text, to_json
-from onnxopt.runtime import provider_name
-from onnxopt.validate import FidelityReport, Thresholds, validate_models
+from onnxopt.report.tables import csv_text, to_json
+from onnxopt.runtime.bench import BenchReport, BenchSettings, Progress, benchmark_models
+from onnxopt.runtime.fidelity import FidelityReport
+from onnxopt.runtime.session import provider_name
+from onnxopt.runtime.validate import Thresholds, validate_models
 
 DEFAULT_PIPELINE = "cleanup"
 
@@ -158,7 +166,7 @@ def validate(
     seed: int = 0,
     report: str | os.PathLike | None = None,
 ) -> FidelityReport:
-    """Fidelity of `candidate` against `reference` on `data` (see onnxopt.data.open_data).
+    """Fidelity of `candidate` against `reference` on `data` (see onnxopt.data.sources.open_data).
 
     Missed thresholds are listed in the result's `failures` (call `raise_for_failures()` to
     turn them into CheckFailed); the JSON report is written to `report` either way.
@@ -216,7 +224,12 @@ def benchmark(
         seed=seed,
     )
     result = benchmark_models(
-        list(models), settings=settings, data=data, shapes=_shapes(shapes), progress=progress
+        list(models),
+        settings=settings,
+        data=data,
+        shapes=_shapes(shapes),
+        progress=progress,
+        facts=bench_facts,
     )
     if json_path is not None:
         write_text_atomic(Path(json_path), to_json(result.to_dict()) + "\n", protect)

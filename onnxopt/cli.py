@@ -12,9 +12,9 @@ import traceback
 import click
 
 from onnxopt import __version__, api
-from onnxopt.infra.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError
 from onnxopt.infra.records import RunReport
-from onnxopt.report_tables import (
+from onnxopt.report.tables import (
     Block,
     Table,
     bench_blocks,
@@ -23,7 +23,8 @@ from onnxopt.report_tables import (
     summary_blocks,
     to_json,
 )
-from onnxopt.tables import human_bytes, human_count, print_table
+from onnxopt.report.terminal import print_table
+from onnxopt.units import human_bytes, human_count
 
 log = logging.getLogger("onnxopt")
 

@@ -1,5 +1,13 @@
-"""Built-in passes. Each import below registers one pass by its stable name."""
+"""Built-in passes, one a module: options + contract + a call into its engine.
 
-from onnxopt.passes import cleanup, prune, quant, share
+`BUILTIN_PASSES` lists them; `onnxopt.infra.registry` registers them by their stable names.
+"""
 
-__all__ = ["cleanup", "prune", "quant", "share"]
+from onnxopt.passes.cleanup import CleanupPass
+from onnxopt.passes.prune import PrunePass
+from onnxopt.passes.quant import QuantPass
+from onnxopt.passes.share import SharePass
+
+BUILTIN_PASSES = (CleanupPass, PrunePass, QuantPass, SharePass)
+
+__all__ = ["BUILTIN_PASSES", "CleanupPass", "PrunePass", "QuantPass", "SharePass"]

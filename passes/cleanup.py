@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.codebooks import compressed_tensors
+from onnxopt.infra.analysis import shapes_of
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassContext, PassResult
-from onnxopt.infra.registry import register_pass
 from onnxopt.ir.edit import bypass_node, fold_constants, remove_dead_code
 from onnxopt.ir.graph import (
     GraphIndex,
@@ -37,7 +37,7 @@ from onnxopt.ir.graph import (
     set_attribute,
 )
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
-from onnxopt.ir.shapes import ShapeInfo, infer_shapes
+from onnxopt.ir.shapes import ShapeInfo
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ class CleanupOptions:
     remove_passthrough: bool = option(True, "remove Identity, inference Dropout and no-op Reshape")
 
 
-@register_pass
-class CleanupPass(Pass):
+class CleanupPass(Pass[CleanupOptions]):
     name = "cleanup"
     summary = "fold BatchNorm and constants, remove Identity/Dropout/no-op Reshape and dead code"
     Options = CleanupOptions
+    preserves = frozenset()  # folds and removes nodes: no cached analysis stays valid
     # Before opset 7, BatchNormalization and Dropout carried is_test/spatial semantics.
     min_opset = 7
 
@@ -69,7 +69,7 @@ class CleanupPass(Pass):
         initializers_before = len(model.graph.initializer)
         skipped: list[str] = []
         if self.options.remove_passthrough:
-            shapes = ctx.analyses.get("shapes", infer_shapes, model)
+            shapes = shapes_of(ctx.analyses, model)
             stats["passthrough_removed"] = _remove_passthrough(model.graph, shapes, skipped)
         if self.options.fold_constants and stored_bytes(model) > PROTOBUF_SAFE_BYTES:
             skipped.append("constant folding skipped: the model is over 2 GB")

@@ -23,79 +23,30 @@ model that is already quantized or has nothing to quantize.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal
 
 import onnx
 from onnxopt.passes.cleanup import CleanupPass
 
-from onnxopt.infra import checks
-from onnxopt.infra.errors import PassRefused
-from onnxopt.infra.options import option
+from onnxopt.errors import PassRefused
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
-from onnxopt.infra.registry import register_pass
 from onnxopt.ir.graph import default_opset
 from onnxopt.ir.qdq import ensure_node_names
-from onnxopt.quantization import pipeline
+from onnxopt.quantization.options import QuantOptions
 from onnxopt.quantization.rules import QUANTIZED_OP_TYPES
+from onnxopt.quantization.run import QuantRun
 from onnxopt.quantization.shared import materialize, restore, weight_peaks, weights_read
+from onnxopt.runtime.session import try_session
+
+__all__ = ["QuantOptions", "QuantPass"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class QuantOptions:
-    method: Literal["minmax", "percentile", "entropy", "mse"] = option(
-        "percentile", "activation range calibration method"
-    )
-    percentile: float = option(99.99, "percentile kept by method=percentile", low=90.0, high=100.0)
-    activation_type: Literal["auto", "uint8", "int8"] = option(
-        "auto", "activation integer type; auto: uint8 on cpu (U8S8 kernels), int8 on cuda"
-    )
-    symmetric_activations: bool = option(
-        False, "zero point fixed at the type's middle (TensorRT style)"
-    )
-    per_channel: bool = option(True, "one weight scale per output channel")
-    equalize: bool = option(
-        True,
-        "channel equalization: CLE (Conv->Relu->Conv), residual streams, SmoothQuant (LayerNorm)",
-    )
-    rounding: Literal["nearest", "gptq"] = option(
-        "gptq", "weight rounding: to nearest, or GPTQ (error feedback on calibration data)"
-    )
-    bias_correction: bool = option(
-        False,
-        "correct each layer's mean output shift from weight rounding (calibration data); "
-        "off by default: GPTQ already fits each layer's outputs, mean included",
-    )
-    attention: bool = option(False, "also quantize MatMuls of two activations (attention scores)")
-    exclude: tuple[str, ...] = option((), "node names (globs) or op types to keep in float")
-    target_cosine: float | None = option(
-        None, "keep the fewest sensitive layers float so output cosine >= this", low=0.0, high=1.0
-    )
-    target_top1: float | None = option(
-        None, "keep the fewest sensitive layers float so top-1 agreement >= this", low=0.0, high=1.0
-    )
-    calib_samples: int | None = option(None, "use at most this many calibration samples", low=1)
-    histogram_bins: int = option(
-        4096, "histogram bins per tensor (percentile/entropy/mse)", low=512, high=65536
-    )
-    float_stem: bool = option(
-        True,
-        "keep an image stem (3x3 Conv on an RGB graph input) and the depthwise block after it "
-        "float on cpu: faster there",
-    )
-    prepare: bool = option(True, "fold BatchNorm and constants (cleanup pass) before quantizing")
-    min_cosine: float = option(
-        0.9, "roll back when the output cosine on real data falls below this", low=0.0, high=1.0
-    )
-
-
-@register_pass
-class QuantPass(Pass):
+class QuantPass(Pass[QuantOptions]):
     name = "quant"
     summary = "static int8 QDQ quantization (calibrated) that ORT fuses into int8 kernels"
     Options = QuantOptions
+    preserves = frozenset()  # inserts Q/DQ nodes: every tensor set changes
     min_opset = 10
 
     def requires_calibration(self) -> bool:
@@ -117,7 +68,7 @@ class QuantPass(Pass):
         if reason is not None:
             return PassResult(model, False, {}, [reason])
         data = ctx.require_calibration(self.name)
-        run = pipeline.QuantRun(self.options, ctx, data)
+        run = QuantRun(self.options, ctx.provider, data)
         ensure_node_names(model.graph)
         model, shared = materialize(model)
         if self.options.prepare:
@@ -141,7 +92,7 @@ class QuantPass(Pass):
         run.skipped.extend(f"prepare (cleanup): {reason}" for reason in prepared.skipped)
         if not prepared.changed:
             return prepared.model
-        outcome = checks.try_session(prepared.model, ctx.provider)
+        outcome = try_session(prepared.model, ctx.provider)
         if outcome.error is not None:
             run.skipped.append(f"prepare (cleanup) not used: {outcome.error}")
             return model

@@ -26,129 +26,43 @@ weights whose codebook form would not be smaller.
 
 from __future__ import annotations
 
-import gzip
-import logging
-from dataclasses import dataclass
-from typing import Literal
-
 import onnx
 
-from onnxopt.infra.errors import OptionError, PassRefused
-from onnxopt.infra.options import option
+from onnxopt.errors import OptionError, PassRefused
 from onnxopt.infra.pass_base import EXACT, Fidelity, Pass, PassContext, PassResult
-from onnxopt.infra.registry import register_pass
-from onnxopt.ir.edit import remove_dead_code
+from onnxopt.ir.codebook import MIN_OPSET
 from onnxopt.ir.graph import default_opset
-from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
-from onnxopt.sharing.codebook import MIN_OPSET
-from onnxopt.sharing.dedup import deduplicate
-from onnxopt.sharing.run import ShareRun, ShareSettings, replace_with_decoders, tensor_report
+from onnxopt.sharing.options import ShareOptions
+from onnxopt.sharing.run import ShareRun
 
-log = logging.getLogger(__name__)
-
-MIN_ELEMENTS = 4096
-MIN_ELEMENTS_BUDGET = 1024
+__all__ = ["ShareOptions", "SharePass"]
 
 
-@dataclass(frozen=True)
-class ShareOptions:
-    bits: int | None = option(
-        None, "codebook of 2**bits values for every weight (2-8)", low=2, high=8
-    )
-    target_ratio: float | None = option(
-        None, "make the file this many times smaller; bits chosen per weight", low=1.0
-    )
-    granularity: Literal["auto", "tensor", "channel", "scaled"] = option(
-        "auto",
-        "one codebook per tensor, per output channel, one of channel-normalized values times "
-        "a scale per channel (scaled), or whichever pays (auto)",
-    )
-    data_aware: bool = option(
-        True, "fit codebooks to each layer's output on the calibration data, when given"
-    )
-    dedup: bool = option(True, "store identical (or transposed) constants once")
-    min_elements: int | None = option(
-        None,
-        "tensors smaller than this stay as they are (default 4096 with `bits`; 1024 with "
-        "`target_ratio`, whose allocation keeps a small tensor as it is unless a codebook pays)",
-        low=1,
-    )
-    exclude: tuple[str, ...] = option((), "weights, reader node names (globs) or op types to skip")
-    iterations: int = option(30, "k-means iterations", low=1, high=1000)
-    min_cosine: float = option(
-        0.9,
-        "roll back when the output cosine on --val (else the holdout) falls below this",
-        low=0.0,
-        high=1.0,
-    )
-
-
-@register_pass
-class SharePass(Pass):
+class SharePass(Pass[ShareOptions]):
     name = "share"
     summary = "weight sharing: exact dedup, k-means codebooks decoded in-graph (data-aware)"
     Options = ShareOptions
+    preserves = frozenset()  # merges and re-encodes constants: new tensors, new readers
 
-    def __init__(self, options=None) -> None:
+    def __init__(self, options: ShareOptions | None = None) -> None:
         super().__init__(options)
         if self.options.bits is not None and self.options.target_ratio is not None:
             raise OptionError("pass 'share': give bits or target_ratio, not both")
 
-    @property
-    def codebooks(self) -> bool:
-        return self.options.bits is not None or self.options.target_ratio is not None
-
     def fidelity(self) -> Fidelity:
-        return Fidelity(min_cosine=self.options.min_cosine) if self.codebooks else EXACT
+        return Fidelity(min_cosine=self.options.min_cosine) if self.options.codebooks else EXACT
 
     def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
         super().check_applicable(model, ctx)
-        if self.codebooks and default_opset(model) < MIN_OPSET:
+        if self.options.codebooks and default_opset(model) < MIN_OPSET:
             raise PassRefused(
                 f"pass 'share' codebooks need opset >= {MIN_OPSET} (BitShift, GatherElements), "
                 f"the model has opset {default_opset(model)}: convert it first or use plain 'share'"
             )
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        stats: dict = {"bytes_before": stored_bytes(model), **_gzip_size(model, "before")}
-        skipped: list[str] = []
-        changed = False
-        if self.options.dedup:
-            merged = deduplicate(model.graph)
-            stats["deduplicated"] = len(merged.merged)
-            stats["transposed_copies"] = len(merged.transposed)
-            stats["dedup_bytes_saved"] = merged.bytes_saved
-            changed = bool(merged.merged or merged.transposed)
-        if self.codebooks:
-            run = ShareRun(self._settings(), ctx.calibration)
-            encoded = run.encode(model)
-            replace_with_decoders(model, encoded)
-            skipped.extend(run.skipped)
-            stats.update(run.stats)
-            stats["tensors"] = [tensor_report(item) for item in encoded]
-            changed = changed or bool(encoded)
-        if not changed:
-            return PassResult(model, False, stats, skipped)
-        remove_dead_code(model)
-        stats["bytes_after"] = stored_bytes(model)
-        stats.update(_gzip_size(model, "after"))
-        return PassResult(model, True, stats, skipped)
-
-    def _settings(self) -> ShareSettings:
-        o = self.options
-        return ShareSettings(
-            o.bits,
-            o.target_ratio,
-            o.granularity,
-            o.data_aware,
-            o.min_elements or (MIN_ELEMENTS if o.target_ratio is None else MIN_ELEMENTS_BUDGET),
-            o.exclude,
-            o.iterations,
-        )
-
-
-def _gzip_size(model: onnx.ModelProto, when: str) -> dict:
-    """gzip size of the model (what a download costs); skipped for models over 2 GB."""
-    if stored_bytes(model) >= PROTOBUF_SAFE_BYTES:
-        return {}
-    return {f"gzip_bytes_{when}": len(gzip.compress(model.SerializeToString(), 6, mtime=0))}
+        run = ShareRun(self.options, ctx.provider, ctx.calibration)
+        shared = run.share(model)
+        if shared is None:
+            return PassResult(model, False, run.stats, run.skipped)
+        return PassResult(shared, True, run.stats, run.skipped)

@@ -25,8 +25,10 @@ class CliResult:
 
 
 def cli_command() -> list[str]:
-    """The installed `onnxopt` console script (falling back to `python -m onnxopt`)."""
-    script = shutil.which("onnxopt")
+    """The `onnxopt` console script of this interpreter's environment, else the one on PATH
+    (falling back to `python -m onnxopt`): a venv's tests run that venv's onnxopt."""
+    beside = Path(sys.executable).parent / "onnxopt"
+    script = str(beside) if beside.is_file() else shutil.which("onnxopt")
     return [script] if script else [sys.executable, "-m", "onnxopt"]
 
 
@@ -97,7 +99,7 @@ def ort_outputs(model: onnx.ModelProto | Path, feed: dict[str, np.ndarray]) -> l
 
 
 def random_feed(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
-    from onnxopt.data import input_specs
+    from onnxopt.data.sources import input_specs
 
     rng = np.random.default_rng(seed)
     feed = {}

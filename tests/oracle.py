@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from onnxopt import api
-from onnxopt.data import input_specs
-from onnxopt.infra.errors import OnnxoptError
+from onnxopt.data.sources import input_specs
+from onnxopt.errors import OnnxoptError
 from onnxopt.infra.registry import get_pass_class
 
 CLEANUP_RTOL = 1e-4

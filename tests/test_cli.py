@@ -134,7 +134,7 @@ def test_report_is_input(model_copy, tmp_path):
 def test_output_directory_not_writable(model_copy, tmp_path, monkeypatch):
     # The suite runs as root in CI, where chmod cannot make a folder unwritable: fake the check.
     from onnxopt import api
-    from onnxopt.infra.errors import InputError
+    from onnxopt.errors import InputError
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -196,7 +196,7 @@ def test_cuda_absent_is_one_line(model_copy, tmp_path):
 def test_internal_error_exits_1_with_hint(model_copy, tmp_path):
     from click.testing import CliRunner
 
-    import tests.test_manager  # noqa: F401  (registers the crashing test pass)
+    import tests.infra.test_manager  # noqa: F401  (registers the crashing test pass)
     from onnxopt.cli import main
 
     result = CliRunner().invoke(
@@ -213,7 +213,7 @@ def test_sigterm_leaves_no_partial_output(convbnrelu_path, tmp_path):
 
     from click.testing import CliRunner
 
-    import tests.test_manager  # noqa: F401  (registers the test pass that signals itself)
+    import tests.infra.test_manager  # noqa: F401  (registers the test pass that signals itself)
     from onnxopt.cli import main
 
     previous = signal.getsignal(signal.SIGTERM)

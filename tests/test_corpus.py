@@ -57,7 +57,7 @@ def test_judge_exit_codes_and_stderr(tmp_path):
         return judge(code, stderr, model, output, report, _feeds())[0]
 
     assert outcome(2, "error: bad input") == "refusal"
-    assert outcome(2, "WARNING onnxopt.data: using random inputs\nerror: bad") == "refusal"
+    assert outcome(2, "WARNING onnxopt.data.sources: using random inputs\nerror: bad") == "refusal"
     assert outcome(2, "[E:onnxruntime:, session.cc] failed\nerror: bad") == "unclean"
     assert outcome(2, "error: one\nerror: two") == "unclean"
     assert outcome(2, "") == "unclean"

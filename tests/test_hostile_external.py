@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from onnxopt import api
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.ir.io import load_model, save_model, signals_deferred
 from onnxopt.ir.limits import tensor_bytes
 from tests.conftest import run_cli

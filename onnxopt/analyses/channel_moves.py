@@ -7,7 +7,7 @@ import math
 
 import onnx
 
-from onnxopt.analyses.channel_groups import Builder, Fixup, Layout, NodeRole, Segment
+from onnxopt.analyses.channel_model import Builder, Fixup, Layout, NodeRole, Segment
 from onnxopt.ir.graph import node_attr
 
 

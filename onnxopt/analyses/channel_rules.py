@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from onnxopt.analyses.channel_groups import Builder, Consumer, Fixup, NodeRole, ParamSlice
+from onnxopt.analyses.channel_model import Builder, Consumer, Fixup, NodeRole, ParamSlice
 from onnxopt.analyses.channel_moves import (
     concat,
     flatten,

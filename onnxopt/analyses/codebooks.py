@@ -2,7 +2,7 @@
 
 Also the views of a shared constant (see `compressed_tensors`).
 
-This is the form `share` writes (see `onnxopt.sharing.codebook`), recognized by structure, not
+This is the form `share` writes (see `onnxopt.ir.codebook`), recognized by structure, not
 by name: Gather(table, f(constants)) or GatherElements(table, f(constants)), the table a
 constant or a Mul of two constants (a book times per-channel scales), optionally followed by a
 Mul by constant scales and a Reshape to the weight's shape. Constant folding must leave these

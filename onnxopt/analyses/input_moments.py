@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxopt.analyses.activation_stats import stream_tensors
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
+from onnxopt.ir.layers import conv_output_size
+from onnxopt.runtime.probe import TensorProbe
 
 
 @dataclass
@@ -124,11 +125,6 @@ def _row_taps(shape: tuple[int, ...], layer: LayerInput, step: int) -> np.ndarra
     return (first + np.arange(layer.kernel[0])[None] * layer.dilations[0]).reshape(-1)
 
 
-def conv_output_size(size: int, before: int, after: int, kernel: int, stride: int, dilation: int):
-    """Output length of a convolution along one spatial axis."""
-    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def _position_step(positions: int, grid: tuple[int, int] = (1, 1), per_sample: int | None = None):
     """Spatial stride: the smallest one keeping a batch's `positions` under MAX_POSITIONS, raised
     while every sample's output `grid` still gives at least `per_sample` positions."""
@@ -201,12 +197,17 @@ class Moments:
 
 
 def input_hessians(
-    model: onnx.ModelProto, layers: list[LayerInput], data: DataSource, max_samples: int
+    model: onnx.ModelProto,
+    layers: list[LayerInput],
+    data: DataSource,
+    max_samples: int,
+    provider: str,
 ) -> dict[str, Moments]:
     """Per layer (node name): the sum over calibration samples of its input patches' x x^T."""
     tensors = sorted({layer.tensor for layer in layers})
     moments: dict[str, Moments] = {}
-    for batch, _ in stream_tensors(model, tensors, data, max_samples=max_samples):
+    probe = TensorProbe(model, tensors, provider)
+    for batch, _ in probe.stream(data, max_samples):
         for layer in layers:
             x = batch[layer.tensor]
             seen = moments.get(layer.node)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
 from onnxopt.ir.graph import GraphIndex, node_attr
 from onnxopt.ir.shapes import Dim, ShapeInfo, infer_shapes
 from onnxopt.ir.tensors import iter_graphs

@@ -8,6 +8,7 @@ import onnx
 from onnxopt.analyses.macs import count_macs
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.ir.tensors import iter_stored_tensors
+from onnxopt.runtime.bench import ModelFacts
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
@@ -31,6 +32,12 @@ def model_stats(model: onnx.ModelProto) -> dict[str, int]:
         "nodes": len(model.graph.node),
         "macs": count_macs(model).total,
     }
+
+
+def bench_facts(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> ModelFacts:
+    """Params and MACs of `model` on inputs of `shapes`, for `benchmark_models`."""
+    macs = count_macs(model, shapes)
+    return ModelFacts(parameter_count(model), macs.total, macs.expression)
 
 
 def _serialized_bytes(model: onnx.ModelProto) -> int:

@@ -18,6 +18,7 @@ import onnx
 from onnxopt.analyses.input_moments import LayerInput, layer_input
 from onnxopt.ir.edit import subgraph_outer_reads
 from onnxopt.ir.graph import GraphIndex, is_onnx_domain, node_attr
+from onnxopt.ir.layers import node_output_channel_axis
 
 WEIGHT_SLOTS: dict[str, tuple[int, ...]] = {
     "Conv": (1,),
@@ -124,10 +125,8 @@ def _describe(name: str, value: np.ndarray, readers: list[onnx.NodeProto]) -> We
 
 def _channel_axis(node: onnx.NodeProto, name: str, value: np.ndarray) -> int | None:
     slot = list(node.input).index(name)
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm" and slot == 1:
-        return 0 if node_attr(node, "transB", 0) else 1
-    if node.op_type == "MatMul" and slot == 1 and value.ndim == 2:
-        return 1
+    if node.op_type == "Conv" or (
+        slot == 1 and (node.op_type == "Gemm" or (node.op_type == "MatMul" and value.ndim == 2))
+    ):
+        return node_output_channel_axis(node, value.ndim)
     return None

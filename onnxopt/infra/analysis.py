@@ -2,7 +2,8 @@
 
 An analysis is a function of the model registered under a name. The cache holds each result
 until a pass changes the model; the pass manager then drops every result the pass does not
-declare it preserves.
+declare it preserves (`Pass.preserves`). The analyses passes share are named here: `SHAPES`
+(`shapes_of`) and `CHANNEL_GROUPS` (`channel_groups_of`, computed from the cached shapes).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import onnx
+
+from onnxopt.analyses.channel_groups import ChannelGroups, analyze_channel_groups
+from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 
 AnalysisFn = Callable[[onnx.ModelProto], Any]
 
@@ -35,3 +39,21 @@ class AnalysisCache:
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         self._results = dict(snapshot)
+
+
+SHAPES = "shapes"
+CHANNEL_GROUPS = "channel_groups"
+
+
+def shapes_of(cache: AnalysisCache, model: onnx.ModelProto) -> ShapeInfo:
+    """Inferred shapes and element types of the current model (cached)."""
+    return cache.get(SHAPES, infer_shapes, model)
+
+
+def channel_groups_of(cache: AnalysisCache, model: onnx.ModelProto) -> ChannelGroups:
+    """Channel dependency groups of the current model (cached; from the cached shapes)."""
+
+    def compute(current: onnx.ModelProto) -> ChannelGroups:
+        return analyze_channel_groups(current, shapes_of(cache, current))
+
+    return cache.get(CHANNEL_GROUPS, compute, model)

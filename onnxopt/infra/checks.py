@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
 from onnxopt.infra.pass_base import Fidelity
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, save_model, stored_bytes
-from onnxopt.runtime import make_session, session_options
-from onnxopt.validate import FidelityReport, compare_sessions
+from onnxopt.runtime.fidelity import FidelityReport, compare_sessions
+from onnxopt.runtime.session import (
+    first_line,
+)
 
 CHECK_LEVELS = ("full", "basic", "none")
 
@@ -31,7 +32,7 @@ def checker_error(model: onnx.ModelProto, level: str) -> str | None:
         else:
             onnx.checker.check_model(model, full_check=level == "full")
     except Exception as exc:  # checker raises ValidationError, InferenceError, and others
-        return f"onnx.checker ({level}): {_first_line(exc)}"
+        return f"onnx.checker ({level}): {first_line(exc)}"
     return None
 
 
@@ -64,21 +65,6 @@ def strongest_passing_level(model: onnx.ModelProto) -> str:
     return "none"
 
 
-@dataclass
-class SessionOutcome:
-    session: ort.InferenceSession | None
-    error: str | None
-
-
-def try_session(model: onnx.ModelProto, provider: str) -> SessionOutcome:
-    """A session for the gates: they run two models in turn, so idle threads must not spin."""
-    try:
-        options = session_options(spinning=False)
-        return SessionOutcome(make_session(model, provider, options=options), None)
-    except Exception as exc:  # ORT raises its own exception types for invalid graphs
-        return SessionOutcome(None, f"onnxruntime session: {_first_line(exc)}")
-
-
 def fidelity_error(report: FidelityReport, expected: Fidelity) -> str | None:
     """Why `report` misses `expected`, or None. Cosine is not judged on synthetic data."""
     for output in report.outputs:
@@ -105,9 +91,4 @@ def measure_fidelity(
     try:
         return compare_sessions(before, after, data, limit_samples=limit_samples), None
     except Exception as exc:  # a changed model can fail at run time in many ways
-        return None, f"running the model failed: {_first_line(exc)}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+        return None, f"running the model failed: {first_line(exc)}"

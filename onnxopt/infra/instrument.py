@@ -1,40 +1,14 @@
-"""Instrumentation hooks around each pass: wall time and peak resident memory."""
+"""Instrumentation hooks around each pass (MLIR's PassInstrumentation): the manager calls
+`before_pass`, `after_run` (the pass returned, before its gates), `after_pass` (checked:
+accepted or rolled back) and `pass_failed` (it raised). `PassResources`, always first, fills
+each record's wall time and peak resident memory; callers add their own instruments."""
 
 from __future__ import annotations
 
-import contextlib
-import resource
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def current_peak_rss_mb() -> float:
-    """Peak resident memory of this process (since the last reset where Linux allows it)."""
-    if _STATUS.exists():
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux: write 5 to clear_refs); False if impossible."""
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-@dataclass
-class Measurement:
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-    peak_is_per_pass: bool = False
+from onnxopt.infra.records import PassRecord
+from onnxopt.runtime.memory import peak_rss_mb, reset_peak_rss
 
 
 class Instrument:
@@ -43,21 +17,27 @@ class Instrument:
     def before_pass(self, name: str) -> None:
         """Called before a pass runs."""
 
-    def after_pass(self, name: str, record) -> None:
+    def after_run(self, name: str, record: PassRecord) -> None:
+        """Called when the pass returned, before its result is checked."""
+
+    def after_pass(self, name: str, record: PassRecord) -> None:
         """Called after a pass ran and was checked (accepted or rolled back)."""
 
     def pass_failed(self, name: str, error: BaseException) -> None:
         """Called when a pass raised."""
 
 
-@contextlib.contextmanager
-def measure():
-    """Measure the wall time and the peak RSS of the enclosed block."""
-    result = Measurement()
-    result.peak_is_per_pass = reset_peak_rss()
-    start = time.perf_counter()
-    try:
-        yield result
-    finally:
-        result.seconds = time.perf_counter() - start
-        result.peak_rss_mb = current_peak_rss_mb()
+class PassResources(Instrument):
+    """Wall time and peak RSS of each pass's run (the peak is per pass where Linux lets the
+    counter be reset, else the process's peak so far)."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+
+    def before_pass(self, name: str) -> None:
+        reset_peak_rss()
+        self.start = time.perf_counter()
+
+    def after_run(self, name: str, record: PassRecord) -> None:
+        record.seconds = time.perf_counter() - self.start
+        record.peak_rss_mb = peak_rss_mb()

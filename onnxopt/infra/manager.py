@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import onnx
 
 from onnxopt import __version__
 from onnxopt.analyses.stats import model_stats
-from onnxopt.data import DataSource, RandomSource, input_specs
-from onnxopt.holdout import HOLDOUT_FRACTION, split_holdout
+from onnxopt.data.holdout import HOLDOUT_FRACTION, split_holdout
+from onnxopt.data.sources import DataSource, RandomSource, input_specs
+from onnxopt.errors import CheckFailed, OnnxoptError, PassCrashed
 from onnxopt.infra import checks
-from onnxopt.infra.errors import CheckFailed, OnnxoptError, PassCrashed
-from onnxopt.infra.instrument import Instrument, measure
+from onnxopt.infra.instrument import Instrument, PassResources
 from onnxopt.infra.pass_base import Pass, PassContext
 from onnxopt.infra.pipeline import Pipeline
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
 from onnxopt.infra.registry import get_pass_class
 from onnxopt.ir.shapes import check_tensor_sizes
+from onnxopt.runtime.session import try_session
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class PassManager:
         self.calibration = calibration
         self.validation = validation
         self.holdout = holdout
-        self.instruments = list(instruments)
+        self.instruments = [PassResources(), *instruments]
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, RunReport]:
         """Optimize `model` (left unmodified) and return the new model with its report."""
@@ -83,33 +82,29 @@ class PassManager:
             checker_level=checks.strongest_passing_level(model),
             before=model_stats(model),
         )
-        start = checks.try_session(model, self.provider)
+        start = try_session(model, self.provider)
         if start.session is None:
             raise OnnxoptError(f"the input model does not load in onnxruntime: {start.error}")
-        with tempfile.TemporaryDirectory(prefix="onnxopt-run-") as workdir:
-            ctx = PassContext(
-                provider=self.provider,
-                seed=self.seed,
-                calibration=plan.fit,
-                workdir=Path(workdir),
+        ctx = PassContext(
+            provider=self.provider,
+            seed=self.seed,
+            calibration=plan.fit,
+        )
+        current, session = model, start.session
+        versus_input = None  # the gate's fidelity when it compared to the input model
+        for index, (step, pass_) in enumerate(zip(self.pipeline.steps, self.passes, strict=True)):
+            previous = [s.name for s in self.pipeline.steps[:index]]
+            record = PassRecord(
+                name=pass_.name, step=step.to_text(), before=report.after or report.before
             )
-            current, session = model, start.session
-            versus_input = None  # the gate's fidelity when it compared to the input model
-            for index, (step, pass_) in enumerate(
-                zip(self.pipeline.steps, self.passes, strict=True)
-            ):
-                previous = [s.name for s in self.pipeline.steps[:index]]
-                record = PassRecord(
-                    name=pass_.name, step=step.to_text(), before=report.after or report.before
-                )
-                before = session
-                current, session = self._run_one(
-                    pass_, current, session, ctx, data, record, previous, report
-                )
-                if session is not before:
-                    versus_input = record.fidelity if before is start.session else None
-                report.passes.append(record)
-                report.after = record.after
+            before = session
+            current, session = self._run_one(
+                pass_, current, session, ctx, data, record, previous, report
+            )
+            if session is not before:
+                versus_input = record.fidelity if before is start.session else None
+            report.passes.append(record)
+            report.after = record.after
         report.after = model_stats(current)
         if versus_input is not None:
             report.fidelity = copy.deepcopy(versus_input)  # the only accepted change: its gate
@@ -126,15 +121,15 @@ class PassManager:
             instrument.before_pass(pass_.name)
         snapshot = ctx.analyses.snapshot()
         try:
-            with measure() as usage:
-                result = pass_.run(copy.deepcopy(model), ctx)
+            result = pass_.run(copy.deepcopy(model), ctx)
         except OnnxoptError:
             raise
         except Exception as exc:
             for instrument in self.instruments:
                 instrument.pass_failed(pass_.name, exc)
             raise PassCrashed(pass_.name, previous, exc) from exc
-        record.seconds, record.peak_rss_mb = usage.seconds, usage.peak_rss_mb
+        for instrument in self.instruments:
+            instrument.after_run(pass_.name, record)
         record.stats, record.skipped = result.stats, result.skipped
         record.expected = pass_.fidelity().describe()
         accepted_model, accepted_session = model, session
@@ -163,7 +158,7 @@ class PassManager:
         error = error or checks.checker_error(candidate, report.checker_level)
         if error:
             return error, None
-        outcome = checks.try_session(candidate, self.provider)
+        outcome = try_session(candidate, self.provider)
         if outcome.session is None:
             return outcome.error, None
         fidelity, error = checks.measure_fidelity(

@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import onnx
 
+from onnxopt.errors import InputError, PassRefused
 from onnxopt.infra.analysis import AnalysisCache
-from onnxopt.infra.errors import InputError, PassRefused
 from onnxopt.infra.options import NoOptions
 from onnxopt.ir.graph import default_opset
 
 if TYPE_CHECKING:
-    from onnxopt.data import DataSource
+    from onnxopt.data.sources import DataSource
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,6 @@ class PassContext:
     seed: int = 0
     calibration: DataSource | None = None
     analyses: AnalysisCache = field(default_factory=AnalysisCache)
-    workdir: Path | None = None
 
     def require_calibration(self, pass_name: str) -> DataSource:
         if self.calibration is None:
@@ -64,6 +62,9 @@ class PassContext:
                 "(or --calib random for a smoke test with meaningless fidelity)"
             )
         return self.calibration
+
+
+OptionsT = TypeVar("OptionsT")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class PassResult:
     skipped: list[str] = field(default_factory=list)
 
 
-class Pass(ABC):
+class Pass(ABC, Generic[OptionsT]):
     """Base class of every pass. Subclasses set the class attributes and implement `apply`.
 
     `apply` receives a private copy of the model and may mutate it; the manager keeps the
@@ -89,8 +90,8 @@ class Pass(ABC):
     min_opset: ClassVar[int] = 1
     preserves: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, options: Any = None) -> None:
-        self.options = options if options is not None else self.Options()
+    def __init__(self, options: OptionsT | None = None) -> None:
+        self.options: OptionsT = options if options is not None else self.Options()
 
     def fidelity(self) -> Fidelity:
         """The numeric check the manager applies after this pass; exact by default."""

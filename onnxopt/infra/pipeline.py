@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from onnxopt.infra.errors import InputError, OptionError
+from onnxopt.errors import InputError, OptionError
 from onnxopt.infra.options import all_items, build_options, format_value, non_default_items
 from onnxopt.infra.registry import get_pass_class
 

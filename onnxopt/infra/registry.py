@@ -1,13 +1,11 @@
-"""Passes by stable name. Filled by the explicit imports in `onnxopt.passes`, never by scanning."""
+"""Passes by stable name: the built-in ones (`onnxopt.passes.BUILTIN_PASSES`) and any that
+`register_pass` adds. Filled by explicit lists, never by scanning."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from onnxopt.infra.errors import OptionError
-
-if TYPE_CHECKING:
-    from onnxopt.infra.pass_base import Pass
+from onnxopt.errors import OptionError
+from onnxopt.infra.pass_base import Pass
+from onnxopt.passes import BUILTIN_PASSES
 
 _PASSES: dict[str, type[Pass]] = {}
 
@@ -21,17 +19,15 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-def _ensure_builtin_passes() -> None:
-    import onnxopt.passes  # noqa: F401  (its imports register the built-in passes)
+for _builtin in BUILTIN_PASSES:
+    register_pass(_builtin)
 
 
 def pass_names() -> list[str]:
-    _ensure_builtin_passes()
     return sorted(_PASSES)
 
 
 def get_pass_class(name: str) -> type[Pass]:
-    _ensure_builtin_passes()
     try:
         return _PASSES[name]
     except KeyError:

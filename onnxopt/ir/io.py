@@ -21,9 +21,10 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxopt.infra.errors import InputError
-from onnxopt.ir.limits import check_stored_size, human_bytes, memory_budget, tensor_bytes
+from onnxopt.errors import InputError
+from onnxopt.ir.limits import check_stored_size, memory_budget, tensor_bytes
 from onnxopt.ir.tensors import external_info, iter_stored_tensors
+from onnxopt.units import human_bytes
 
 # Stay well under protobuf's hard 2 GiB message limit: other fields add to the tensors' bytes.
 PROTOBUF_SAFE_BYTES = 1_800_000_000

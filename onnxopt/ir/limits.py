@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxopt.infra.errors import InputError
+from onnxopt.errors import InputError
+from onnxopt.units import human_bytes
 
 # Element widths of the sub-byte types, which pack several elements into one byte.
 _SUB_BYTE_BITS = {
@@ -35,15 +36,6 @@ def memory_budget() -> int:
         return budget
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     return budget if soft == resource.RLIM_INFINITY else min(budget, soft)
-
-
-def human_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def tensor_bytes(data_type: int, dims: Iterable[int]) -> int | None:

@@ -1,1 +1,5 @@
-"""Structured channel pruning helpers: channel selection, the graph rewrite, reconstruction."""
+"""Structured channel pruning: importance, channel selection, the graph rewrite, the refit.
+
+`run.py` (`PruneRun`) drives it; `passes/prune.py` calls it. Where prune chooses its
+channels: `select.py`.
+"""

@@ -1,45 +1,30 @@
-"""Run a model on calibration data and read intermediate tensors, batch by batch.
-
-Intermediate tensors are read by making them the outputs of a truncated copy of the model
-(nodes nothing asked for are dropped), so memory holds one batch of them at a time.
-"""
+"""Prune's reads of intermediate tensors on calibration data, batch by batch, through the
+tensor probe (`onnxopt.runtime.probe`, cut down to the tensors read): per-channel moments for
+importance, and consumer input covariances for the refit error."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxopt.analyses.channel_groups import Consumer
-from onnxopt.data import DataSource, Feed
-from onnxopt.ir.edit import remove_dead_code
+from onnxopt.data.sources import DataSource, Feed
 from onnxopt.ir.graph import GraphIndex
 from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 from onnxopt.pruning.rows import LayerRows
-from onnxopt.runtime import make_session
+from onnxopt.runtime.probe import TensorProbe
 
 
-def with_outputs(
-    model: onnx.ModelProto, names: list[str], shapes: ShapeInfo | None = None
-) -> onnx.ModelProto:
-    """A copy of `model` whose outputs are exactly `names`, cut down to what they need."""
+def tensor_probe(
+    model: onnx.ModelProto, names: list[str], provider: str, shapes: ShapeInfo | None = None
+) -> TensorProbe:
+    """The probe reading `names` of `model` (element types from `shapes`), cut down to them."""
+    if not names:
+        return TensorProbe(model, [], provider)
     shapes = shapes if shapes is not None else infer_shapes(model)
-    graph_outputs = {o.name: o for o in model.graph.output}
-    outputs = []
-    for name in names:
-        if name in graph_outputs:
-            outputs.append(copy.deepcopy(graph_outputs[name]))
-        else:
-            dtype = shapes.dtypes.get(name, onnx.TensorProto.FLOAT)
-            outputs.append(helper.make_tensor_value_info(name, dtype, None))
-    cut = copy.deepcopy(model)
-    del cut.graph.output[:]
-    cut.graph.output.extend(outputs)
-    remove_dead_code(cut)
-    return cut
+    return TensorProbe(model, names, provider, dtypes=shapes.dtypes, only=True)
 
 
 def batches(data: DataSource, samples: int) -> Iterator[Feed]:
@@ -54,30 +39,6 @@ def batches(data: DataSource, samples: int) -> Iterator[Feed]:
         seen += take
 
 
-class TensorReader:
-    """Reads a fixed list of tensors of `model` for each feed."""
-
-    def __init__(
-        self,
-        model: onnx.ModelProto,
-        names: list[str],
-        provider: str,
-        shapes: ShapeInfo | None = None,
-    ) -> None:
-        self.names = list(names)
-        # No tensors asked for: nothing to run (ORT refuses a graph without outputs).
-        self.session = (
-            make_session(with_outputs(model, self.names, shapes), provider) if self.names else None
-        )
-        self.inputs = {i.name for i in self.session.get_inputs()} if self.session else set()
-
-    def __call__(self, feed: Feed) -> dict[str, np.ndarray]:
-        if self.session is None:
-            return {}
-        values = self.session.run(self.names, {k: v for k, v in feed.items() if k in self.inputs})
-        return dict(zip(self.names, values, strict=True))
-
-
 def channel_moments(
     model: onnx.ModelProto,
     axes: dict[str, int],
@@ -87,10 +48,10 @@ def channel_moments(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per entry of each tensor's axis `axes[name]`: (mean |x|, mean x^2) over the data."""
     names = sorted(axes)
-    reader = TensorReader(model, names, provider)
+    reader = tensor_probe(model, names, provider)
     sums: dict[str, list] = {}
     for feed in batches(data, samples):
-        for name, value in reader(feed).items():
+        for name, value in reader.read(feed).items():
             moved = np.moveaxis(np.asarray(value, np.float64), axes[name], 0)
             flat = moved.reshape(moved.shape[0], -1)
             entry = sums.setdefault(name, [0.0, 0.0, 0])
@@ -122,10 +83,10 @@ def consumer_grams(
     usable = [c for c in consumers if LayerRows.supports(c.op_type, shapes[c.name])]
     rows = {c.name: LayerRows(model.graph.node[c.node], shapes[c.name]) for c in usable}
     names = sorted({n for c in usable for n in (c.input, c.output)})
-    reader = TensorReader(model, names, provider)
+    reader = tensor_probe(model, names, provider)
     sums: dict[str, list] = {c.name: [0, 0.0, 0.0] for c in usable}
     for batch, feed in enumerate(batches(data, samples)):
-        values = reader(feed)
+        values = reader.read(feed)
         for number, consumer in enumerate(usable):
             layer = rows[consumer.name]
             rng = np.random.default_rng([seed, number, batch])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.data import Feed, feed_rows
+from onnxopt.data.feeds import feed_rows
+from onnxopt.data.sources import Feed
 
 MIX_LOW = 0.5
 """A mixed sample keeps at least this share of its own content (the blend never swaps who a

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx
 
-from onnxopt.data import DataSource
-from onnxopt.runtime import make_session
-from onnxopt.validate import compare_sessions
+from onnxopt.data.sources import DataSource
+from onnxopt.runtime.fidelity import compare_sessions
+from onnxopt.runtime.session import make_session
 
 
 class FidelityProbe:

@@ -28,12 +28,12 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
-from onnxopt.data import DataSource
-from onnxopt.holdout import count_samples, row_range
+from onnxopt.data.holdout import count_samples, row_range
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
-from onnxopt.ir.shapes import infer_shapes
-from onnxopt.pruning.activations import TensorReader, batches
+from onnxopt.ir.shapes import ShapeInfo, infer_shapes
+from onnxopt.pruning.activations import batches, tensor_probe
 from onnxopt.pruning.augment import augment
 from onnxopt.pruning.lstsq import MAX_MOVE, HeldOutRefit, RefitChoice
 from onnxopt.pruning.rows import LayerRows, Where, target_rows
@@ -143,11 +143,14 @@ class Reconstruction:
         keep,
         data: RefitData,
         settings: RefitSettings,
+        teacher_shapes: ShapeInfo | None = None,
     ):
         self.teacher, self.student = teacher, student
         self.groups, self.keep = groups, keep
         self.data, self.settings = data, settings
-        self.teacher_shapes = infer_shapes(teacher)
+        self.teacher_shapes = (
+            teacher_shapes if teacher_shapes is not None else infer_shapes(teacher)
+        )
         self.choices: dict[str, RefitChoice] = {}
 
     def run(self, changed: set[str]) -> dict:
@@ -222,12 +225,12 @@ class Reconstruction:
         )
 
     def _teacher_targets(self, names: list[str]) -> dict[str, list[tuple[Where, np.ndarray]]]:
-        reader = TensorReader(
+        reader = tensor_probe(
             self.teacher, sorted(names), self.settings.provider, self.teacher_shapes
         )
         cache: dict[str, list] = {name: [] for name in names}
         for batch, (_, feed) in enumerate(self._feeds()):
-            outputs = reader(feed)
+            outputs = reader.read(feed)
             for name in names:
                 rows = self.rows[name]
                 y = outputs[name]
@@ -243,10 +246,10 @@ class Reconstruction:
 
     def _refit_wave(self, wave: list[str], cache: dict) -> None:
         inputs = sorted({self.nodes[name].input[0] for name in wave})
-        reader = TensorReader(self.student, inputs, self.settings.provider)
+        reader = tensor_probe(self.student, inputs, self.settings.provider)
         problems = {name: HeldOutRefit(self.nodes[name].op_type != "MatMul") for name in wave}
         for batch, (held_out, feed) in enumerate(self._feeds()):
-            xs = reader(feed)
+            xs = reader.read(feed)
             for name in wave:
                 where, targets = cache[name][batch]
                 x = self.rows[name].inputs(xs[self.nodes[name].input[0]], where)
@@ -271,9 +274,12 @@ def reconstruct(
     changed: set[str],
     data: RefitData,
     settings: RefitSettings,
+    teacher_shapes: ShapeInfo | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Refit the student's layers downstream of `changed` tensors; returns (model, stats)."""
-    stats = Reconstruction(teacher, student, groups, keep, data, settings).run(changed)
+    """Refit the student's layers downstream of `changed` tensors; returns (model, stats).
+    `teacher_shapes`: the teacher's shapes when the caller has them (else inferred)."""
+    refit = Reconstruction(teacher, student, groups, keep, data, settings, teacher_shapes)
+    stats = refit.run(changed)
     return student, stats
 
 

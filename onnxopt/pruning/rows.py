@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from onnxopt.ir.graph import node_attr
+from onnxopt.ir.layers import conv_pads
 
 
 @dataclass(frozen=True)
@@ -87,31 +88,12 @@ class LayerRows:
         kh, kw = self.kernel
         sh, sw = node_attr(node, "strides", [1, 1])
         dh, dw = node_attr(node, "dilations", [1, 1])
-        top, left, bottom, right = conv_pads(
-            node, x.shape[2:], where.out_hw, self.kernel, (sh, sw), (dh, dw)
-        )
+        top, left, bottom, right = conv_pads(node, x.shape[2:], self.kernel, (sh, sw), (dh, dw))
         xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
         iy = (where.oy * sh)[:, None, None] + (np.arange(kh) * dh)[None, :, None]
         ix = (where.ox * sw)[:, None, None] + (np.arange(kw) * dw)[None, None, :]
         patches = xp[where.n[:, None, None], :, iy, ix]  # (rows, kh, kw, C)
         return patches.transpose(0, 3, 1, 2).reshape(len(where.n), -1)
-
-
-def conv_pads(node, in_hw, out_hw, kernel, strides, dilations) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) padding of a 2-D Conv, explicit or from `auto_pad`."""
-    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("NOTSET", ""):
-        pads = node_attr(node, "pads", [0, 0, 0, 0])
-        return int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])
-    if auto_pad == "VALID":
-        return 0, 0, 0, 0
-    totals = [
-        max(0, (o - 1) * s + (k - 1) * d + 1 - i)
-        for i, o, k, s, d in zip(in_hw, out_hw, kernel, strides, dilations, strict=True)
-    ]
-    first = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
-    return first[0], first[1], totals[0] - first[0], totals[1] - first[1]
 
 
 def target_rows(y_shape: tuple | None, op_type: str, positions: int) -> int:

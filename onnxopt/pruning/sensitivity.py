@@ -24,15 +24,9 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
-from onnxopt.data import (
-    DataSource,
-    Feed,
-    IterableSource,
-    feed_rows,
-    feeds_up_to,
-    input_specs,
-    take_rows,
-)
+from onnxopt.data.feeds import feed_rows, feeds_up_to, take_rows
+from onnxopt.data.sources import DataSource, Feed, IterableSource, input_specs
+from onnxopt.ir.shapes import ShapeInfo
 from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.reconstruct import RefitData, RefitSettings, reconstruct
 from onnxopt.pruning.rewrite import apply_keep, changed_tensors
@@ -70,6 +64,7 @@ def probe_groups(
     data: DataSource,
     provider: str,
     settings: RefitSettings | None,
+    shapes: ShapeInfo | None = None,
 ) -> dict[int, Probe]:
     """Probe each group of `counts` (group -> channels it keeps in the probe); refit with
     `settings` (None: measure the pruned model as it is)."""
@@ -93,7 +88,7 @@ def probe_groups(
         student = apply_keep(copy.deepcopy(teacher), groups, keep)
         if refit is not None:
             changed = changed_tensors(groups, keep)
-            student, _ = reconstruct(teacher, student, groups, keep, changed, fit, refit)
+            student, _ = reconstruct(teacher, student, groups, keep, changed, fit, refit, shapes)
         loss = 1.0 - float(held.measure(student)["cosine"])
         removed = len(score) - count
         probes[group] = Probe(removed, max(loss, 0.0))

@@ -1,4 +1,5 @@
-"""Static int8 quantization: op rules, planning, parameters, calibration and QDQ rewriting.
+"""Static int8 quantization: op rules, planning, calibration, parameters and QDQ rewriting.
 
-`passes/quant.py` drives these modules; each one is usable on its own.
+`run.py` (`QuantRun`) drives it; `passes/quant.py` calls it. Where the calibration ranges and
+histograms are computed: `calibrate.py`.
 """

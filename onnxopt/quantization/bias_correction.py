@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.analyses.input_moments import conv_output_size
-from onnxopt.data import DataSource
+from onnxopt.data.feeds import feeds_up_to
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
-from onnxopt.runtime import make_session, session_options
+from onnxopt.ir.layers import conv_output_size, conv_pads
+from onnxopt.runtime.probe import TensorProbe
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +74,18 @@ def measure_shift(
     weights: dict[str, str],
     data: DataSource,
     max_samples: int,
+    provider: str,
 ) -> dict[str, np.ndarray]:
     """Per layer (node name): mean over samples and positions of (float-weight output minus
     quantized-weight output) per output channel."""
     taps = layer_taps(quantized, float_model, weights)
     if not taps:
         return {}
-    model, fetch = expose(quantized, taps)
-    session = make_session(model, options=session_options(spinning=False))
-    samples = 0
-    for feed in data:
-        values = dict(zip(fetch, session.run(fetch, feed), strict=True))
+    fetch, dtypes = exposed_types(quantized, taps)
+    probe = TensorProbe(quantized, fetch, provider, dtypes=dtypes)
+    for values in map(probe.read, feeds_up_to(data, max_samples)):
         for tap in taps:
             tap.add(values[tap.tensor])
-        samples += int(next(iter(feed.values())).shape[0])
-        if samples >= max_samples:
-            break
     shifts = {}
     for tap in taps:
         mean = tap.mean_input()
@@ -143,27 +140,23 @@ def dequantized_constant(index: GraphIndex, name: str) -> np.ndarray | None:
     return (codes.astype(np.float64) - offsets) * np.asarray(scale, np.float64).reshape(shape)
 
 
-def expose(model: onnx.ModelProto, taps: list[Tap]) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of `model` that also outputs each tap's tensor, and the tensors to fetch."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
+def exposed_types(model: onnx.ModelProto, taps: list[Tap]) -> tuple[list[str], dict[str, int]]:
+    """The tensors to read for `taps`, and their element types (a QuantizeLinear output: its
+    zero point's type; an initializer: its own; else float)."""
     elem_types = {t.name: t.data_type for t in model.graph.initializer}
     index = GraphIndex(model.graph)
-    present = {o.name for o in exposed.graph.output}
-    fetch = []
+    fetch, dtypes = [], {}
     for tap in taps:
         if tap.tensor in fetch:
             continue
         fetch.append(tap.tensor)
-        if tap.tensor in present:
-            continue
         elem_type = elem_types.get(tap.tensor, onnx.TensorProto.FLOAT)
         producer = index.producer.get(tap.tensor)
         if producer is not None and producer.op_type == "QuantizeLinear":
             zero_point = producer.input[2] if len(producer.input) > 2 else ""
             elem_type = elem_types.get(zero_point, onnx.TensorProto.UINT8)
-        exposed.graph.output.append(onnx.helper.make_tensor_value_info(tap.tensor, elem_type, None))
-    return exposed, fetch
+        dtypes[tap.tensor] = elem_type
+    return fetch, dtypes
 
 
 def conv_patch_sums(
@@ -193,23 +186,6 @@ def offset_reads(size, kernel, stride, dilation, before, after) -> tuple[np.ndar
     for k in range(kernel):
         reads[k, index[k][(index[k] >= 0) & (index[k] < size)]] = 1.0  # distinct: stride >= 1
     return reads, outputs
-
-
-def conv_pads(node, sizes, kernel, strides, dilations) -> list[int]:
-    """Explicit begin/end pads of a Conv (auto_pad resolved for these input sizes)."""
-    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("NOTSET", ""):
-        return list(node_attr(node, "pads", None) or [0] * (2 * len(kernel)))
-    if auto_pad == "VALID":
-        return [0] * (2 * len(kernel))
-    begins, ends = [], []
-    for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
-        total = max(0, (-(-size // s) - 1) * s + d * (k - 1) + 1 - size)
-        small, large = total // 2, total - total // 2
-        begins.append(large if auto_pad == "SAME_LOWER" else small)
-        ends.append(small if auto_pad == "SAME_LOWER" else large)
-    return begins + ends
 
 
 def output_shift(tap: Tap, mean: np.ndarray) -> np.ndarray:

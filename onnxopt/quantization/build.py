@@ -16,7 +16,9 @@ import onnx
 
 from onnxopt.analyses.input_moments import from_layer_matrix, layer_matrix
 from onnxopt.ir.graph import GraphIndex, Names, node_attr
+from onnxopt.ir.layers import output_channels
 from onnxopt.ir.qdq import add_initializers, dequantize_node, quantize_node
+from onnxopt.numerics.rounding import gptq
 from onnxopt.quantization.params import (
     ActivationParams,
     bias_safe_scales,
@@ -25,7 +27,6 @@ from onnxopt.quantization.params import (
     weight_scales,
 )
 from onnxopt.quantization.plan import Plan, WeightedNode
-from onnxopt.quantization.rounding import gptq
 
 
 @dataclass
@@ -272,15 +273,7 @@ def _float_bias(node, index, weighted, weight, offset) -> np.ndarray | None:
         bias = offset.astype(np.float64) if bias is None else bias + offset
     if bias is None:
         return None
-    return np.broadcast_to(bias, (_out_channels(node, weight),)).copy()
-
-
-def _out_channels(node, weight: np.ndarray) -> int:
-    if node.op_type == "Conv":
-        return weight.shape[0]
-    if node.op_type == "ConvTranspose":
-        return weight.shape[1] * int(node_attr(node, "group", 1))
-    return weight.shape[0] if node_attr(node, "transB", 0) else weight.shape[1]
+    return np.broadcast_to(bias, (output_channels(node, weight),)).copy()
 
 
 def _set_beta_one(node: onnx.NodeProto) -> None:

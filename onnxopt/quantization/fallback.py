@@ -16,27 +16,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
-from onnxopt.data import DataSource
-from onnxopt.runtime import make_session, session_options
+from onnxopt.runtime.fidelity import ReferenceScorer, Score
 
 log = logging.getLogger(__name__)
 
 SENSITIVITY_SAMPLES = 128
-MAX_CACHED_BYTES = 256 * 2**20
-
-
-@dataclass
-class Score:
-    cosine: float
-    top1: float | None
-
-    def meets(self, target_cosine: float | None, target_top1: float | None) -> bool:
-        if target_cosine is not None and not self.cosine >= target_cosine:
-            return False
-        return target_top1 is None or self.top1 is None or self.top1 >= target_top1
 
 
 @dataclass
@@ -46,58 +32,6 @@ class FallbackResult:
     score: Score | None = None
     met: bool = False
     evaluations: int = 0
-
-
-class Evaluator:
-    """Scores candidate models against the float model's outputs on (a prefix of) `data`;
-    the float outputs are computed once and kept when small enough."""
-
-    def __init__(
-        self, float_model: onnx.ModelProto, data: DataSource, max_samples: int | None
-    ) -> None:
-        self.data = data
-        self.max_samples = max_samples
-        self.reference = make_session(float_model, options=session_options(spinning=False))
-        self.cache: list[list[np.ndarray]] | None = None
-
-    def _feeds(self):
-        samples = 0
-        for feed in self.data:
-            yield feed
-            samples += int(next(iter(feed.values())).shape[0])
-            if self.max_samples is not None and samples >= self.max_samples:
-                return
-
-    def _references(self):
-        if self.cache is not None:
-            yield from self.cache
-            return
-        kept, size = [], 0
-        for feed in self._feeds():
-            outputs = self.reference.run(None, feed)
-            size += sum(o.nbytes for o in outputs)
-            kept.append(outputs)
-            yield outputs
-        self.cache = kept if size <= MAX_CACHED_BYTES else None
-
-    def score(self, model: onnx.ModelProto) -> Score:
-        session = make_session(model, options=session_options(spinning=False))
-        dot = ref_sq = cand_sq = 0.0
-        agree = rows = 0
-        classifier = True
-        for feed, reference in zip(self._feeds(), self._references(), strict=False):
-            outputs = session.run(None, feed)
-            for ref, got in zip(reference, outputs, strict=True):
-                r, g = ref.astype(np.float64).ravel(), np.asarray(got, np.float64).ravel()
-                dot, ref_sq, cand_sq = dot + r @ g, ref_sq + r @ r, cand_sq + g @ g
-            first, got = reference[0], outputs[0]
-            if first.ndim == 2 and first.shape[1] > 1:
-                agree += int(np.sum(first.argmax(1) == np.asarray(got).argmax(1)))
-                rows += first.shape[0]
-            else:
-                classifier = False
-        cosine = dot / np.sqrt(ref_sq * cand_sq) if ref_sq and cand_sq else float(ref_sq == cand_sq)
-        return Score(float(cosine), agree / rows if classifier and rows else None)
 
 
 def tensor_units(
@@ -134,8 +68,8 @@ def tensor_units(
 def search_fallback(
     units: dict[str, frozenset[str]],
     build: Callable[[frozenset[str]], onnx.ModelProto],
-    ranking: Evaluator,
-    judge: Evaluator,
+    ranking: ReferenceScorer,
+    judge: ReferenceScorer,
     target_cosine: float | None,
     target_top1: float | None,
 ) -> FallbackResult:

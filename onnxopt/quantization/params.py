@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-INT8_WEIGHT_MAX = 127  # symmetric [-127, 127]: no -128, so negation never overflows
+from onnxopt.numerics.rounding import INT8_WEIGHT_MAX
+
+__all__ = ["INT8_WEIGHT_MAX"]
 INT32_MAX = 2**31 - 1
 MIN_SCALE = 1e-12
 

@@ -16,8 +16,9 @@ import numpy as np
 import onnx
 
 from onnxopt.ir.graph import GraphIndex, default_opset, is_onnx_domain, node_attr
+from onnxopt.ir.layers import node_output_channel_axis
 from onnxopt.quantization import stem
-from onnxopt.quantization.rules import ACTIVATION_OPS, RULES, OpRule, weight_axis
+from onnxopt.quantization.rules import ACTIVATION_OPS, RULES, OpRule
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -179,16 +180,12 @@ def _weighted_refusal(node, index, config) -> str | None:
         bias = index.constant(node.input[2])
         if bias is None or bias.dtype != np.float32:
             return "bias is not a float32 constant"
-        channels = weight.shape[weight_axis(node.op_type, _attrs(node), weight.ndim)]
+        channels = weight.shape[node_output_channel_axis(node, weight.ndim)]
         if node.op_type == "ConvTranspose":
             channels *= int(node_attr(node, "group", 1))
         if bias.size not in (1, channels):
             return f"bias of {bias.size} elements for {channels} output channels"
     return None
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _fusable_activations(graph, index, core, config) -> dict[str, onnx.NodeProto]:
@@ -320,7 +317,7 @@ def _assign_core(plan, node, index, fusable, needed, config) -> None:
         plan.sources[out] = node.output[0]
     if rule.kind == "weighted" and index.is_constant(node.input[1]):
         weight = index.constant(node.input[1])
-        axis = weight_axis(node.op_type, _attrs(node), weight.ndim) if config.per_channel else None
+        axis = node_output_channel_axis(node, weight.ndim) if config.per_channel else None
         if node.op_type == "ConvTranspose" and int(node_attr(node, "group", 1)) != 1:
             axis = None
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None

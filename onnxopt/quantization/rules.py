@@ -93,14 +93,3 @@ QUANTIZED_OP_TYPES = frozenset(
     }
 )
 """Op types (any domain) whose presence means the model is already quantized."""
-
-
-def weight_axis(op_type: str, attrs: dict, weight_rank: int) -> int:
-    """The output-channel axis of a weighted op's weight (for per-channel scales)."""
-    if op_type == "Conv":
-        return 0
-    if op_type == "ConvTranspose":
-        return 1
-    if op_type == "Gemm":
-        return 0 if attrs.get("transB", 0) else 1
-    return weight_rank - 1  # MatMul: B is (..., K, N)

@@ -26,9 +26,9 @@ import onnx
 import onnxruntime as ort
 
 from onnxopt.analyses.codebooks import Decoder, find_decoders
+from onnxopt.ir.codebook import Codebook, channel_view, emit_decoder, supported_axis
 from onnxopt.ir.graph import GraphIndex, Names, default_opset, make_tensor, node_attr
-from onnxopt.runtime import make_session, session_options
-from onnxopt.sharing.codebook import Codebook, channel_view, emit_decoder, supported_axis
+from onnxopt.runtime.session import make_session, session_options
 
 
 @dataclass

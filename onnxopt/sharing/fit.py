@@ -20,8 +20,8 @@ import numpy as np
 
 from onnxopt.analyses.input_moments import Moments, from_layer_matrix, layer_matrix
 from onnxopt.analyses.weights import Weight
-from onnxopt.quantization.rounding import error_feedback
-from onnxopt.sharing.codebook import Codebook, channel_view
+from onnxopt.ir.codebook import Codebook, channel_view
+from onnxopt.numerics.rounding import error_feedback
 from onnxopt.sharing.kmeans import kmeans_rows, nearest
 
 REFINE_ROUNDS = 2

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxopt.analyses.activation_stats import stream_tensors
 from onnxopt.analyses.input_moments import Moments
 from onnxopt.analyses.weights import Weight
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
+from onnxopt.runtime.probe import stream_tensors
 from onnxopt.sharing.fit import LayerModel, fit
 
 FEW_ROWS_PER_INPUT = 4
@@ -41,13 +41,14 @@ def optimism(
     samples: int,
     bits: int,
     iterations: int,
+    provider: str,
 ) -> dict[str, float]:
     """Per weight: held-out over in-sample output error of its `bits`-bit refit codebook (>= 1)."""
     if not weights:
         return {}
     tensors = sorted({w.layer.tensor for w in weights})
     rows: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
-    for batch, _ in stream_tensors(model, tensors, data, max_samples=samples):
+    for batch, _ in stream_tensors(model, tensors, data, provider=provider, max_samples=samples):
         for name in tensors:
             value = batch[name]
             rows[name].append(value.reshape(-1, value.shape[-1]).astype(np.float64))

@@ -3,23 +3,26 @@ codebook granularity, fit the codebooks and store them with in-graph decoders.""
 
 from __future__ import annotations
 
+import gzip
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import onnx
 
 from onnxopt.analyses.input_moments import input_hessians
 from onnxopt.analyses.weights import Weight, find_weights
-from onnxopt.data import DataSource
+from onnxopt.data.sources import DataSource
+from onnxopt.ir.codebook import Codebook, emit_decoder, supported_axis
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, Names, default_opset, replace_constant
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
-from onnxopt.quantization.fallback import Evaluator
+from onnxopt.runtime.fidelity import ReferenceScorer
 from onnxopt.sharing.allocate import Candidate, allocate
-from onnxopt.sharing.codebook import Codebook, emit_decoder, supported_axis
+from onnxopt.sharing.dedup import deduplicate
 from onnxopt.sharing.fit import Fitted, LayerModel, fit
 from onnxopt.sharing.holdout import few_row_weights
 from onnxopt.sharing.holdout import optimism as held_out_optimism
+from onnxopt.sharing.options import ShareOptions
 
 log = logging.getLogger(__name__)
 
@@ -33,37 +36,51 @@ METADATA_ALLOWANCE = 2048
 SENSITIVITY_SAMPLES = 64
 
 
-@dataclass(frozen=True)
-class ShareSettings:
-    bits: int | None
-    target_ratio: float | None
-    granularity: str
-    data_aware: bool
-    min_elements: int
-    exclude: tuple[str, ...]
-    iterations: int
-
-
 @dataclass
 class Encoded:
     weight: Weight
     fitted: Fitted
 
 
-@dataclass
 class ShareRun:
-    settings: ShareSettings
-    data: DataSource | None
-    skipped: list[str] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+    def __init__(self, options: ShareOptions, provider: str, data: DataSource | None) -> None:
+        self.options = options
+        self.provider = provider
+        self.data = data
+        self.skipped: list[str] = []
+        self.stats: dict = {}
+
+    def share(self, model: onnx.ModelProto) -> onnx.ModelProto | None:
+        """`model` (modified in place) with duplicates merged and, with `bits`/`target_ratio`,
+        weights as codebooks; None when nothing changed."""
+        stats = self.stats
+        stats.update({"bytes_before": stored_bytes(model), **_gzip_size(model, "before")})
+        changed = False
+        if self.options.dedup:
+            merged = deduplicate(model.graph)
+            stats["deduplicated"] = len(merged.merged)
+            stats["transposed_copies"] = len(merged.transposed)
+            stats["dedup_bytes_saved"] = merged.bytes_saved
+            changed = bool(merged.merged or merged.transposed)
+        if self.options.codebooks:
+            encoded = self.encode(model)
+            replace_with_decoders(model, encoded)
+            stats["tensors"] = [tensor_report(item) for item in encoded]
+            changed = changed or bool(encoded)
+        if not changed:
+            return None
+        remove_dead_code(model)
+        stats["bytes_after"] = stored_bytes(model)
+        stats.update(_gzip_size(model, "after"))
+        return model
 
     def encode(self, model: onnx.ModelProto) -> list[Encoded]:
         """Fit codebooks for the weights of `model` (not modified)."""
-        scan = find_weights(model, self.settings.min_elements, self.settings.exclude)
+        scan = find_weights(model, self.options.smallest, self.options.exclude)
         self.skipped.extend(scan.skipped)
         layers = self._layer_models(model, scan.weights)
         fits: dict[tuple, Fitted] = {}
-        if self.settings.bits is not None:
+        if self.options.bits is not None:
             chosen = {
                 w.tensor: self._fixed_bits(w, layers.get(w.tensor), fits) for w in scan.weights
             }
@@ -85,7 +102,7 @@ class ShareRun:
                     candidate.bits,
                     candidate.axis,
                     layer,
-                    self.settings.iterations,
+                    self.options.iterations,
                     scaled=candidate.scaled,
                 )
             if fits[key].book.stored_bytes < weight.value.nbytes:
@@ -96,12 +113,14 @@ class ShareRun:
         with_layer = [w for w in weights if w.layer is not None]
         if not with_layer:
             return {}
-        if not self.settings.data_aware:
+        if not self.options.data_aware:
             return {}
         if self.data is None:
             self.skipped.append("codebooks fit to the weights only: no calibration data given")
             return {}
-        hessians = input_hessians(model, [w.layer for w in with_layer], self.data, HESSIAN_SAMPLES)
+        hessians = input_hessians(
+            model, [w.layer for w in with_layer], self.data, HESSIAN_SAMPLES, self.provider
+        )
         self.stats["data_aware_layers"] = len(hessians)
         return {
             w.tensor: LayerModel(w, hessians[w.layer.node])
@@ -114,17 +133,17 @@ class ShareRun:
         axis = weight.axis
         channel_ok = axis is not None and supported_axis(weight.value.shape, axis)
         channel_ok = channel_ok and weight.value.shape[axis] > 1
-        if self.settings.granularity == "tensor" or not channel_ok:
+        if self.options.granularity == "tensor" or not channel_ok:
             return [(None, False)]
-        if self.settings.granularity == "channel":
+        if self.options.granularity == "channel":
             return [(axis, False)]
-        if self.settings.granularity == "scaled":
+        if self.options.granularity == "scaled":
             return [(axis, True)]
         return [(None, False), (axis, True), (axis, False)]
 
     def _candidate(self, weight: Weight, bits: int, layout, layer) -> Candidate:
         axis, scaled = layout
-        fitted = fit(weight, bits, axis, layer, self.settings.iterations, False, scaled)
+        fitted = fit(weight, bits, axis, layer, self.options.iterations, False, scaled)
         error = fitted.output_error if fitted.output_error is not None else fitted.weight_error
         return Candidate(bits, axis, scaled, fitted.book.stored_bytes, error)
 
@@ -134,7 +153,7 @@ class ShareRun:
         centroids). With input moments the layouts are compared after the refit: k-means
         errors pick per-tensor books for layers whose channels differ in scale (folded
         BatchNorm), where the refit channel-scaled book is 3x more accurate."""
-        bits = self.settings.bits
+        bits = self.options.bits
         options = [self._candidate(weight, bits, lay, layer) for lay in self._layouts(weight)]
         one_more_bit = weight.value.size // 8 + (4 << bits)
         affordable = [o for o in options if o.nbytes - options[0].nbytes <= one_more_bit]
@@ -143,7 +162,7 @@ class ShareRun:
         refit = []
         for option in affordable:
             fitted = fit(
-                weight, bits, option.axis, layer, self.settings.iterations, True, option.scaled
+                weight, bits, option.axis, layer, self.options.iterations, True, option.scaled
             )
             fits[(weight.tensor, bits, option.axis, option.scaled)] = fitted
             refit.append(replace(option, error=fitted.output_error))
@@ -155,11 +174,17 @@ class ShareRun:
         options: dict[str, list[Candidate]] = {}
         probes, optimism = None, {}
         if layers:
-            probes = Probes(model, self.data, self.settings)
+            probes = Probes(model, self.data, self.options, self.provider)
             few_rows = few_row_weights(layers)
-            iterations = self.settings.iterations
+            iterations = self.options.iterations
             optimism = held_out_optimism(
-                model, few_rows, self.data, HESSIAN_SAMPLES, PROBE_BITS, iterations
+                model,
+                few_rows,
+                self.data,
+                HESSIAN_SAMPLES,
+                PROBE_BITS,
+                iterations,
+                self.provider,
             )
             self.stats["held_out_error_factor"] = {k: round(v, 3) for k, v in optimism.items()}
         for weight in weights:
@@ -178,7 +203,7 @@ class ShareRun:
         sensitivity = {} if probes is None else probes.sensitivity
         self.stats["sensitivity"] = {k: float(f"{v:.4g}") for k, v in sensitivity.items()}
         file_bytes = model_bytes(model)
-        target = int(file_bytes / self.settings.target_ratio) - METADATA_ALLOWANCE
+        target = int(file_bytes / self.options.target_ratio) - METADATA_ALLOWANCE
         budget = target - (file_bytes - sum(w.value.nbytes for w in weights))
         measured: set[tuple] = set()
         fitting = None
@@ -196,7 +221,7 @@ class ShareRun:
         self.stats["target_bytes"] = target
         if fitting is None:
             self.skipped.append(
-                f"target_ratio={self.settings.target_ratio:g} not reached: "
+                f"target_ratio={self.options.target_ratio:g} not reached: "
                 f"{file_bytes / size:.2f}x with every weight at its smallest encoding"
             )
             return encoded
@@ -211,10 +236,12 @@ class Probes:
     probe (how much this layer's error costs the model). Refit errors differ from k-means errors
     in shape as well as size, so the sensitivity is taken on the kind of encoding that is kept."""
 
-    def __init__(self, model: onnx.ModelProto, data: DataSource, settings: ShareSettings):
+    def __init__(
+        self, model: onnx.ModelProto, data: DataSource, options: ShareOptions, provider: str
+    ) -> None:
         self.model = model
-        self.settings = settings
-        self.evaluator = Evaluator(model, data, SENSITIVITY_SAMPLES)
+        self.options = options
+        self.evaluator = ReferenceScorer(model, data, SENSITIVITY_SAMPLES, provider)
         self.sensitivity: dict[str, float] = {}
 
     def calibrate(
@@ -222,7 +249,7 @@ class Probes:
     ) -> list[Candidate]:
         """`candidates` (k-means-only errors) with the errors the refit encodings will have."""
         plain = next(c for c in candidates if c.bits == PROBE_BITS and c.axis is None)
-        refit = fit(weight, PROBE_BITS, None, layer, self.settings.iterations)
+        refit = fit(weight, PROBE_BITS, None, layer, self.options.iterations)
         fits[(weight.tensor, PROBE_BITS, None, False)] = refit
         if plain.error <= 0 or refit.output_error <= 0:
             return candidates
@@ -311,3 +338,10 @@ def _layout_name(book: Codebook) -> str:
     if book.axis is None:
         return "tensor"
     return f"{'scaled' if book.scales is not None else 'channel'}(axis={book.axis})"
+
+
+def _gzip_size(model: onnx.ModelProto, when: str) -> dict:
+    """gzip size of the model (what a download costs); skipped for models over 2 GB."""
+    if stored_bytes(model) >= PROTOBUF_SAFE_BYTES:
+        return {}
+    return {f"gzip_bytes_{when}": len(gzip.compress(model.SerializeToString(), 6, mtime=0))}

@@ -1,0 +1,1 @@
+"""Calibration and validation data: readers (npz, folders, images, array files), feeds, holdout."""

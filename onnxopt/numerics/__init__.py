@@ -1,0 +1,1 @@
+"""Numpy-only math shared by the engines: error-feedback rounding, streaming histograms."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime: sessions, the tensor-streaming probe, the fidelity scorer, latency and memory."""
