@@ -164,6 +164,9 @@ class RowSubset(DataSource):
             self._cached = kept
 
     def _select(self) -> Iterator[Feed]:
+        if not self.rows.size:
+            return
+        last = self.rows[-1]
         pending: list[Feed] = []
         held = offset = 0
         for feed in self.source:
@@ -178,7 +181,7 @@ class RowSubset(DataSource):
                 batch, pending = take_rows(pending, self.batch_size)
                 held -= self.batch_size
                 yield batch
-            if offset > self.rows[-1] if self.rows.size else True:
+            if offset > last:  # the rest of the source holds none of the rows
                 break
         if held and not self.fixed:
             yield take_rows(pending, held)[0]

@@ -47,11 +47,11 @@ class NormalEquations:
             return 0.0, 0.0
         return self.sx / self.n, self.sy / self.n
 
-    def means_for_variance(self) -> tuple[np.ndarray | float, np.ndarray | float]:
-        """The row means whether or not the fit has an intercept (for the targets' variance)."""
+    def target_variance(self) -> float:
+        """Sum of squares of the targets about their mean (whatever the fit's centering)."""
         if self.n == 0:
-            return 0.0, 0.0
-        return self.sx / self.n, self.sy / self.n
+            return 0.0
+        return self.yy - float(self.sy @ self.sy) / self.n
 
     def about(self, mx, my) -> tuple[np.ndarray, np.ndarray, float]:
         """(x'x, x'y, y.y) of the rows shifted by (-mx, -my)."""
@@ -151,8 +151,7 @@ class HeldOutRefit:
         """Squared error of (x - mx) @ w against (y - my), over the variance of y."""
         if rows.n == 0:
             return 0.0
-        variance = rows.about(*rows.means_for_variance())[2]
-        return float(rows.error(w, None, mx, my)) / max(variance, 1e-30)
+        return float(rows.error(w, None, mx, my)) / max(rows.target_variance(), 1e-30)
 
 
 def _closest(candidates: list, ridge: float) -> tuple:
