@@ -89,6 +89,7 @@ class PassManager:
             provider=self.provider,
             seed=self.seed,
             calibration=plan.fit,
+            original=model,
         )
         current, session = model, start.session
         versus_input = None  # the gate's fidelity when it compared to the input model

@@ -43,7 +43,7 @@ EXACT = Fidelity(max_rel_error=1e-5)
 
 @dataclass
 class PassContext:
-    """What a pass may use besides the model: data, provider, seed, analyses, scratch space.
+    """What a pass may use besides the model: data, provider, seed, analyses, the input model.
 
     `calibration` is what the pass may fit on. The data the manager measures fidelity on
     (--val, or its holdout of the calibration samples) is deliberately not here: a pass that
@@ -54,6 +54,8 @@ class PassContext:
     seed: int = 0
     calibration: DataSource | None = None
     analyses: AnalysisCache = field(default_factory=AnalysisCache)
+    original: onnx.ModelProto | None = None
+    """The pipeline's input model, for passes that learn from it (distill's teacher)."""
 
     def require_calibration(self, pass_name: str) -> DataSource:
         if self.calibration is None:
