@@ -4,10 +4,11 @@
 """
 
 from onnxopt.passes.cleanup import CleanupPass
+from onnxopt.passes.distill import DistillPass
 from onnxopt.passes.prune import PrunePass
 from onnxopt.passes.quant import QuantPass
 from onnxopt.passes.share import SharePass
 
-BUILTIN_PASSES = (CleanupPass, PrunePass, QuantPass, SharePass)
+BUILTIN_PASSES = (CleanupPass, PrunePass, QuantPass, SharePass, DistillPass)
 
-__all__ = ["BUILTIN_PASSES", "CleanupPass", "PrunePass", "QuantPass", "SharePass"]
+__all__ = ["BUILTIN_PASSES", "CleanupPass", "DistillPass", "PrunePass", "QuantPass", "SharePass"]

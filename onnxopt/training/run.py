@@ -1,0 +1,296 @@
+"""Distillation: train a compressed ONNX graph (the student) to match its teacher on unlabeled
+calibration data, then write what it learned back into the same constants.
+
+Steps: plan what trains (`trainables`), build the torch view (`graph_module`), split the
+calibration samples into training rows and early-stopping rows, and train with Adam on
+augmented batches that the teacher (ONNX Runtime) labels afresh, with a cosine learning-rate
+decay over the epochs or the time budget, whichever ends first. After each epoch the student
+is scored on the early-stopping rows with the project's fidelity scorer; the best epoch wins,
+and a student that never beats its starting point is not returned. The written model is run
+in ONNX Runtime and must agree with the torch view before it is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from onnxopt.data.feeds import DataSource, Feed
+from onnxopt.ir.graph import constant_node_value, replace_constant
+from onnxopt.ir.shapes import infer_shapes
+from onnxopt.runtime.fidelity import compare_runners
+from onnxopt.runtime.probe import expose_tensors
+from onnxopt.runtime.session import make_session, session_options
+from onnxopt.training.graph_module import GraphModule
+from onnxopt.training.loss import distill_loss
+from onnxopt.training.nodes import Unsupported
+from onnxopt.training.options import DistillOptions
+from onnxopt.training.samples import (
+    Samples,
+    SamplesSource,
+    augment,
+    load_samples,
+    split_early_stop,
+)
+from onnxopt.training.trainables import plan_training
+
+log = logging.getLogger(__name__)
+
+PARITY_MIN_COSINE = 0.999
+"""The written model under ONNX Runtime against the torch view on the early-stopping rows:
+float rounding may flip a few int8 roundings, nothing more."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """Early-stopping fidelity: top-1 agreement when the first output is class scores, the
+    output cosine otherwise (and as the tie-break)."""
+
+    top1: float | None
+    cosine: float
+
+    def key(self) -> tuple[float, float]:
+        return (self.top1 if self.top1 is not None else self.cosine, self.cosine)
+
+    def to_dict(self) -> dict:
+        return {"top1": self.top1, "cosine": self.cosine}
+
+
+@dataclass
+class DistillRun:
+    options: DistillOptions
+    provider: str
+    data: DataSource
+    seed: int = 0
+    stats: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def distill(self, student: onnx.ModelProto, teacher: onnx.ModelProto) -> onnx.ModelProto | None:
+        """The trained student, or None (reason in `skipped`)."""
+        plan = plan_training(student, scales=self.options.train_scales)
+        self.skipped.extend(plan.declined)
+        if not plan.trainables:
+            self.skipped.append("nothing to train: no float or int8 weights reach a layer")
+            return None
+        try:
+            module = GraphModule(student, plan)
+        except Unsupported as exc:
+            self.skipped.append(f"model declined: the torch view cannot run it: {exc}")
+            return None
+        self.stats["trained"] = plan.counts()
+        threads = _cores()
+        torch.set_num_threads(threads)
+        torch.manual_seed(self.seed)
+        device = _device(self.provider)
+        module.extra = shared_features(student, teacher, self.options.features)
+        module.to(device)
+        teacher_session = make_session(
+            expose_tensors(teacher, module.extra), self.provider,
+            options=session_options(threads=threads, spinning=False),
+        )
+        names = module.output_names + module.extra
+        labeller = Labeller(teacher_session, names)
+        train, stop = split_early_stop(load_samples(self.data), self.options.early_stop,
+                                       self.seed)
+        self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
+        trainer = Trainer(module, labeller, self.options, device, self.seed)
+        best = trainer.fit(train, stop)
+        self.stats.update(trainer.stats)
+        if best is None:
+            self.skipped.append("no epoch beat the student it started from on the "
+                                "early-stopping samples: model left as it was")
+            return None
+        written = write_back(student, module.constant_values())
+        parity = self._parity(written, module, stop)
+        self.stats["parity_cosine"] = parity
+        if parity < PARITY_MIN_COSINE:
+            self.skipped.append(f"the written model disagrees with the trained torch view "
+                                f"(cosine {parity:.5f}): model left as it was")
+            return None
+        return written
+
+    def _parity(self, written: onnx.ModelProto, module: GraphModule, stop: Samples) -> float:
+        session = make_session(written, self.provider, options=session_options(spinning=False))
+        outputs = module.output_names
+        report = compare_runners(
+            lambda feed: session.run(outputs, feed), student_runner(module, len(outputs)),
+            outputs, SamplesSource(stop, self.options.batch_size, "early-stopping samples"),
+        )
+        return min(o.cosine for o in report.outputs if o.cosine is not None)
+
+
+class Labeller:
+    """The teacher under ONNX Runtime: outputs and features for a batch."""
+
+    def __init__(self, session, names: list[str]) -> None:
+        self.session, self.names = session, names
+
+    def __call__(self, feed: Feed) -> list[np.ndarray]:
+        return self.session.run(self.names, feed)
+
+
+def student_runner(module: GraphModule, outputs: int):
+    """The torch view as a fidelity-scorer runner (numpy in, its graph outputs out)."""
+    device = next(iter(module.parameters())).device
+
+    def run(feed: Feed) -> list[np.ndarray]:
+        with torch.no_grad():
+            got = module(*[torch.from_numpy(feed[n]).to(device) for n in module.input_names])
+        return [t.detach().cpu().numpy() for t in got[:outputs]]
+
+    return run
+
+
+class Trainer:
+    """Adam with cosine decay on augmented batches; the best early-stopping epoch wins."""
+
+    def __init__(self, module: GraphModule, labeller: Labeller, options: DistillOptions,
+                 device: torch.device, seed: int) -> None:
+        self.module, self.labeller, self.options, self.device = module, labeller, options, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.stats: dict = {}
+        latents = [p for item, p in module.named_trainables() if item.kind != "log_scale"]
+        scales = [p for item, p in module.named_trainables() if item.kind == "log_scale"]
+        groups = [{"params": latents, "lr": options.lr, "base": options.lr}]
+        if scales and options.scale_lr > 0:
+            groups.append({"params": scales, "lr": options.scale_lr, "base": options.scale_lr})
+        self.optimizer = torch.optim.Adam(groups)
+
+    def fit(self, train: Samples, stop: Samples) -> Score | None:
+        outputs = len(self.module.output_names)
+        stop_source = SamplesSource(stop, self.options.batch_size, "early-stopping samples")
+        references = [self.labeller(feed)[:outputs] for feed in stop_source]
+        start = self.score(references, stop_source)
+        best, best_state, stale = start, _state(self.module), 0
+        history = [start.to_dict()]
+        began = time.monotonic()
+        steps_per_epoch = -(-train.count // self.options.batch_size)
+        total = steps_per_epoch * self.options.epochs
+        step, epochs = 0, 0
+        for epoch in range(self.options.epochs):
+            loss = 0.0
+            for rows in self._batches(train.count):
+                fraction = max(step / total, (time.monotonic() - began) / self.options.max_seconds)
+                if fraction >= 1:
+                    break
+                loss += self._step(train.take(rows), fraction, outputs)
+                step += 1
+            epochs = epoch + 1
+            score = self.score(references, stop_source)
+            history.append(score.to_dict() | {"loss": loss / max(1, steps_per_epoch)})
+            log.info("distill epoch %d: loss %.4f, early-stop %s (%.0f s)", epochs,
+                     loss / max(1, steps_per_epoch), score.to_dict(), time.monotonic() - began)
+            if score.key() > best.key():
+                best, best_state, stale = score, _state(self.module), 0
+            else:
+                stale += 1
+            if stale >= self.options.patience or (time.monotonic() - began
+                                                 ) >= self.options.max_seconds:
+                break
+        self.module.load_state_dict(best_state)
+        self.stats = {"epochs": epochs, "steps": step, "seconds": round(time.monotonic() - began,
+                      1), "early_stop_before": start.to_dict(), "early_stop_after":
+                      best.to_dict(), "history": history}
+        return None if best is start else best
+
+    def _batches(self, count: int):
+        order = torch.randperm(count, generator=self.generator).numpy()
+        size = self.options.batch_size
+        for begin in range(0, count - size + 1 if count >= size else 1, size):
+            yield np.sort(order[begin : begin + size])
+
+    def _step(self, feed: Feed, fraction: float, outputs: int) -> float:
+        if self.options.augment:
+            feed = augment(feed, self.generator)
+        targets = [torch.from_numpy(np.asarray(t)).to(self.device) for t in self.labeller(feed)]
+        inputs = [torch.from_numpy(feed[n]).to(self.device) for n in self.module.input_names]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base"] * 0.5 * (1 + np.cos(np.pi * fraction))
+        self.optimizer.zero_grad(set_to_none=True)
+        got = self.module(*inputs)
+        loss = distill_loss(got, targets, outputs, self.options.temperature,
+                            self.options.feature_weight)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def score(self, references: list[list[np.ndarray]], source: SamplesSource) -> Score:
+        """The student against the teacher's outputs for `source`'s batches, in order."""
+        outputs = len(self.module.output_names)
+        pending = iter(references)
+        report = compare_runners(lambda feed: next(pending), student_runner(self.module, outputs),
+                                 self.module.output_names, source)
+        first = report.outputs[0]
+        cosines = [o.cosine for o in report.outputs if o.cosine is not None]
+        return Score(first.top1, float(min(cosines)) if cosines else 0.0)
+
+
+def _state(module: GraphModule) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def write_back(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """`model` with each trained constant replaced, in its own element type."""
+    out = copy.deepcopy(model)
+    types = {t.name: onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in
+             out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in values:
+            types[node.output[0]] = constant_node_value(node).dtype
+    for name, value in values.items():
+        dtype = types[name]
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            value = np.clip(np.rint(value), info.min, info.max)
+        replace_constant(out.graph, name, np.asarray(value).astype(dtype))
+    return out
+
+
+def shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, count: int) -> list[str]:
+    """Up to `count` float tensors both graphs compute under the same name and shape, spread
+    over the student's depth and ending with the last such tensor (the features before the
+    head)."""
+    if count == 0:
+        return []
+    produced = {o for n in teacher.graph.node for o in n.output}
+    outputs = {o.name for o in student.graph.output} | {o.name for o in teacher.graph.output}
+    s_info, t_info = infer_shapes(student), infer_shapes(teacher)
+    candidates = []
+    for node in student.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            continue
+        for name in node.output:
+            if name in produced and name not in outputs and _same(name, s_info, t_info):
+                candidates.append(name)
+    if len(candidates) <= count:
+        return candidates
+    picks = np.linspace(0, len(candidates) - 1, count).round().astype(int)
+    return [candidates[i] for i in sorted(set(picks.tolist()))]
+
+
+def _same(name: str, s_info, t_info) -> bool:
+    shape = s_info.shape(name)
+    if shape is None or shape != t_info.shape(name) or len(shape) < 2:
+        return False
+    float_type = onnx.TensorProto.FLOAT
+    return s_info.dtypes.get(name) == float_type == t_info.dtypes.get(name)
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _device(provider: str) -> torch.device:
+    if provider == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")

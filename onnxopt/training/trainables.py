@@ -1,0 +1,228 @@
+"""Which constants of an ONNX graph distillation may train, and how (read-only; no torch).
+
+Shapes never change and every tensor keeps its element type, so a trained model has exactly the
+layout it came with (a pruned model stays pruned; QDQ stays where ORT fuses it):
+
+- `direct`: a float constant that reaches a layer's weight or bias input (Conv, ConvTranspose,
+  Gemm, MatMul, the affine parameters of BatchNormalization/LayerNormalization/
+  InstanceNormalization, the bias Add after a MatMul), possibly through the ops a decoder or an
+  export puts in between (Reshape, Transpose, Mul, Gather, GatherElements...). For a `share`
+  output these are the codebook centroids and the per-channel scales: the indices stay fixed
+  and gradients reach the centroids through the gather.
+- `fake_quant`: an int8/uint8 weight read by a DequantizeLinear: it trains as a float latent
+  (its dequantized value) rounded straight-through to the graph's integer grid, with the
+  graph's scale, zero point and range.
+- `log_scale`: the scale of a QuantizeLinear on an activation (LSQ-style; trained as its
+  logarithm, so it stays positive and moves relative to its size). Its DequantizeLinear
+  partners share the initializer, so they follow.
+- `derived_bias`: an int32 bias read by a DequantizeLinear whose scale is
+  activation scale x weight scale: it trains as a float latent; its scale is recomputed from
+  the (trained) activation scale and its integers re-derived.
+
+Everything else stays as it is; `declined` says which weight-like constants were left fixed and
+why (e.g. an int8 codebook of `share,quant`, whose codes are shared across a per-channel scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxopt.ir.graph import GraphIndex, node_attr
+
+FLOAT = onnx.TensorProto.FLOAT
+INTEGER_GRIDS = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255)}
+
+WEIGHT_SLOTS = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (0, 1, 2),
+    "MatMul": (0, 1),
+    "BatchNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "InstanceNormalization": (1, 2),
+}
+"""The inputs of each layer type that hold learned parameters (when they are constants)."""
+
+PASS_THROUGH = {
+    "Reshape": (0,),
+    "Transpose": (0,),
+    "Squeeze": (0,),
+    "Unsqueeze": (0,),
+    "Flatten": (0,),
+    "Identity": (0,),
+    "Cast": (0,),
+    "Mul": (0, 1),
+    "Gather": (0,),
+    "GatherElements": (0,),
+    "Concat": None,  # every input
+}
+"""Constant-only ops a weight may pass through on its way to a layer, with the inputs that
+carry its values (the others — indices, shapes — stay fixed)."""
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """One constant that trains. `scale`/`zero_point`: the weight DequantizeLinear's inputs
+    (`fake_quant`); `activation_scale`/`weight_scale`/`bias_scale`: what a `derived_bias`'s
+    scale is the product of, and its own scale constant."""
+
+    name: str
+    kind: str  # direct | fake_quant | log_scale | derived_bias
+    scale: str = ""
+    zero_point: str = ""
+    axis: int = 1
+    grid: tuple[int, int] = (0, 0)
+    activation_scale: str = ""
+    weight_scale: str = ""
+    bias_scale: str = ""
+
+
+@dataclass
+class TrainPlan:
+    trainables: list[Trainable] = field(default_factory=list)
+    declined: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.trainables:
+            counts[item.kind] = counts.get(item.kind, 0) + 1
+        return counts
+
+
+def plan_training(model: onnx.ModelProto, *, scales: bool = True) -> TrainPlan:
+    """What trains in `model` (see the module docstring); `scales=False` keeps activation
+    scales (and so int32 biases' scales) fixed."""
+    index = GraphIndex(model.graph)
+    types = _element_types(index)
+    plan = TrainPlan()
+    chosen: dict[str, Trainable] = {}
+    if scales:
+        for node in model.graph.node:
+            scale = _activation_scale(node, index)
+            if scale is not None:
+                chosen.setdefault(scale, Trainable(scale, "log_scale"))
+    for node, slot in _weight_slots(model.graph, index):
+        for leaf, via_dq in _leaves(node.input[slot], index):
+            item = _classify(leaf, via_dq, node, slot, index, types, chosen, plan.declined)
+            if item is not None and item.name not in chosen:
+                chosen[item.name] = item
+    order = {"log_scale": 0, "direct": 1, "fake_quant": 2, "derived_bias": 3}
+    plan.trainables = sorted(chosen.values(), key=lambda t: order[t.kind])
+    return plan
+
+
+def _element_types(index: GraphIndex) -> dict[str, int]:
+    types = {name: tensor.data_type for name, tensor in index.initializers.items()}
+    for name, node in index.producer.items():
+        if node.op_type == "Constant":
+            value = index.constant(name)
+            if value is not None:
+                types[name] = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    return types
+
+
+def _activation_scale(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    """The scale constant of a QuantizeLinear on a computed (not constant) tensor."""
+    if node.op_type != "QuantizeLinear" or len(node.input) < 2:
+        return None
+    if index.is_constant(node.input[0]) or not index.is_constant(node.input[1]):
+        return None
+    return node.input[1]
+
+
+def _weight_slots(graph: onnx.GraphProto, index: GraphIndex) -> Iterator[tuple]:
+    for node in graph.node:
+        slots = WEIGHT_SLOTS.get(node.op_type, ())
+        for slot in slots:
+            if slot < len(node.input) and node.input[slot] and _constant_derived(
+                node.input[slot], index
+            ):
+                yield node, slot
+        if node.op_type == "Add" and _follows_matmul(node, index):
+            for slot, name in enumerate(node.input):
+                if _constant_derived(name, index):
+                    yield node, slot
+
+
+def _follows_matmul(node: onnx.NodeProto, index: GraphIndex) -> bool:
+    producers = [index.producer.get(name) for name in node.input]
+    return any(p is not None and p.op_type == "MatMul" for p in producers)
+
+
+def _constant_derived(name: str, index: GraphIndex, depth: int = 0) -> bool:
+    if index.is_constant(name):
+        return True
+    node = index.producer.get(name)
+    if node is None or depth > 16 or node.op_type not in {*PASS_THROUGH, "DequantizeLinear"}:
+        return False
+    return all(_constant_derived(i, index, depth + 1) for i in node.input if i)
+
+
+def _leaves(name: str, index: GraphIndex, via_dq: onnx.NodeProto | None = None):
+    """(constant, the DequantizeLinear it was read through or None) for each constant whose
+    values reach `name` through pass-through ops."""
+    if index.is_constant(name):
+        yield name, via_dq
+        return
+    node = index.producer.get(name)
+    if node is None:
+        return
+    if node.op_type == "DequantizeLinear":
+        yield from _leaves(node.input[0], index, node)
+        return
+    carried = PASS_THROUGH.get(node.op_type, ())
+    for slot, source in enumerate(node.input):
+        if source and (carried is None or slot in carried):
+            yield from _leaves(source, index, via_dq)
+
+
+def _classify(leaf, via_dq, layer, slot, index, types, chosen, declined) -> Trainable | None:
+    dtype = types.get(leaf)
+    if via_dq is None:
+        return Trainable(leaf, "direct") if dtype == FLOAT else None
+    if via_dq.input[0] != leaf:
+        declined.append(f"'{leaf}': integer codes read through a decoder before "
+                        f"DequantizeLinear '{via_dq.name}' stay fixed")
+        return None
+    if dtype in INTEGER_GRIDS:
+        return _fake_quant(leaf, via_dq, index, types)
+    if dtype == onnx.TensorProto.INT32 and slot == 2:
+        return _derived_bias(leaf, via_dq, layer, index, chosen, declined)
+    return None
+
+
+def _fake_quant(leaf, dq, index, types) -> Trainable:
+    zero_point = dq.input[2] if len(dq.input) > 2 else ""
+    grid = INTEGER_GRIDS[types[leaf]]
+    if types[leaf] == onnx.TensorProto.INT8:
+        grid = (-127, 127)  # symmetric weights: quant never writes -128 (and ORT's VNNI kernels
+        # would overflow on it), so training keeps to the same range
+    axis = node_attr(dq, "axis", 1)
+    return Trainable(leaf, "fake_quant", scale=dq.input[1], zero_point=zero_point, axis=axis,
+                     grid=grid)
+
+
+def _derived_bias(leaf, dq, layer, index, chosen, declined) -> Trainable | None:
+    """An int32 bias whose scale is x_scale * w_scale, when both are at hand and the bias scale
+    is its own constant."""
+    x_dq = index.producer.get(layer.input[0])
+    w_dq = index.producer.get(layer.input[1])
+    if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or (
+        w_dq.op_type != "DequantizeLinear"
+    ):
+        declined.append(f"'{leaf}': int32 bias without an activation and a weight scale, fixed")
+        return None
+    bias_scale = dq.input[1]
+    readers = index.consumers.get(bias_scale, [])
+    if len(readers) != 1 or not index.is_constant(bias_scale):
+        declined.append(f"'{leaf}': its scale '{bias_scale}' is shared, fixed")
+        return None
+    x_scale = x_dq.input[1]
+    if x_scale not in chosen and not index.is_constant(x_scale):
+        declined.append(f"'{leaf}': activation scale '{x_scale}' is not a constant, fixed")
+        return None
+    return Trainable(leaf, "derived_bias", activation_scale=x_scale, weight_scale=w_dq.input[1],
+                     bias_scale=bias_scale, axis=0)
