@@ -153,7 +153,9 @@ def from_graphsurgeon(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto
 
 
 def make_tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.ascontiguousarray(value), name)
+    # not np.ascontiguousarray: it turns a 0-d array (a scalar scale) into shape (1,)
+    value = np.asarray(value)
+    return numpy_helper.from_array(value if value.flags.c_contiguous else value.copy(), name)
 
 
 def tensor_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:

@@ -5,7 +5,7 @@ Constants that do not depend on anything trainable are computed once, when the v
 (shape arithmetic, index unpacking of `share`'s decoders); the rest run on every call.
 Trainables (`onnxopt.training.trainables`) become parameters: a float constant is one itself;
 an int8 weight is a float latent rounded straight-through to its grid; an activation scale is
-its logarithm; an int32 bias a float latent whose scale follows the activation scale.
+the graph's times exp(a trained log-factor); an int32 bias a float latent whose scale follows the activation scale.
 `constant_values()` gives every trained constant as the graph stores it (element type and
 shape), which is what write-back puts into the model.
 
@@ -79,7 +79,7 @@ class GraphModule(nn.Module):
     def _initial_latent(self, item: Trainable, constants: dict) -> torch.Tensor:
         value = constants[item.name].float()
         if item.kind == "log_scale":
-            return torch.log(value.clamp_min(MIN_SCALE))
+            return torch.zeros_like(value)
         if item.kind == "fake_quant":
             scale, zero = self._per_channel(item, constants, value.ndim)
             return (value - zero) * scale
@@ -126,7 +126,8 @@ class GraphModule(nn.Module):
         needed = self._names_read()
         frozen = []
         for name, value in values.items():
-            if name in needed and name not in self.trainables:
+            item = self.trainables.get(name)
+            if name in needed and (item is None or item.kind == "log_scale"):
                 self.register_buffer(_buffer_key(len(frozen)), value, persistent=False)
                 frozen.append(name)
         self._recomputed = [s for s in self._constant_steps if s[0].node.output[0] in
@@ -161,7 +162,8 @@ class GraphModule(nn.Module):
             if item.kind == "direct":
                 values[item.name] = latent
             elif item.kind == "log_scale":
-                values[item.name] = torch.exp(latent)
+                # s0 * exp(u), u = 0 at first: an untrained scale is exactly the graph's
+                values[item.name] = values[item.name] * torch.exp(latent)
             elif item.kind == "fake_quant":
                 scale, zero = self._per_channel(item, values, latent.ndim)
                 low, high = item.grid

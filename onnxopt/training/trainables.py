@@ -12,8 +12,9 @@ layout it came with (a pruned model stays pruned; QDQ stays where ORT fuses it):
 - `fake_quant`: an int8/uint8 weight read by a DequantizeLinear: it trains as a float latent
   (its dequantized value) rounded straight-through to the graph's integer grid, with the
   graph's scale, zero point and range.
-- `log_scale`: the scale of a QuantizeLinear on an activation (LSQ-style; trained as its
-  logarithm, so it stays positive and moves relative to its size). Its DequantizeLinear
+- `log_scale`: the scale of a QuantizeLinear on an activation (LSQ-style; trained as a
+  log-factor on the graph's value, so it stays positive, moves relative to its size, and is
+  exactly the graph's until it trains). Its DequantizeLinear
   partners share the initializer, so they follow.
 - `derived_bias`: an int32 bias read by a DequantizeLinear whose scale is
   activation scale x weight scale: it trains as a float latent; its scale is recomputed from
@@ -152,13 +153,17 @@ def _follows_matmul(node: onnx.NodeProto, index: GraphIndex) -> bool:
     return any(p is not None and p.op_type == "MatMul" for p in producers)
 
 
-def _constant_derived(name: str, index: GraphIndex, depth: int = 0) -> bool:
-    if index.is_constant(name):
-        return True
-    node = index.producer.get(name)
-    if node is None or depth > 16 or node.op_type not in {*PASS_THROUGH, "DequantizeLinear"}:
-        return False
-    return all(_constant_derived(i, index, depth + 1) for i in node.input if i)
+def _constant_derived(name: str, index: GraphIndex, seen: dict[str, bool] | None = None) -> bool:
+    """Whether `name` is computed from constants only (a decoder's output, a folded shape)."""
+    seen = {} if seen is None else seen
+    if name not in seen:
+        seen[name] = False  # a cycle proves nothing
+        node = index.producer.get(name)
+        seen[name] = index.is_constant(name) or (
+            node is not None and name not in index.graph_inputs
+            and all(_constant_derived(i, index, seen) for i in node.input if i)
+        )
+    return seen[name]
 
 
 def _leaves(name: str, index: GraphIndex, via_dq: onnx.NodeProto | None = None):
