@@ -42,8 +42,20 @@ _TORCH_INTEGER = {
     torch.uint16: _T.UINT16,
     torch.int32: _T.INT32,
 }
+_SMALL_FLOATS = frozenset(
+    getattr(_T, name)
+    for name in (
+        "FLOAT8E4M3FN",
+        "FLOAT8E4M3FNUZ",
+        "FLOAT8E5M2",
+        "FLOAT8E5M2FNUZ",
+        "FLOAT4E2M1",
+        "FLOAT8E8M0",
+    )
+    if hasattr(_T, name)
+)
 CARRIED_INPUTS = {"QuantizeLinear": (2,), "DequantizeLinear": (0, 2)}
-CARRIED_OUTPUTS = {"QuantizeLinear": (0,)}
+CARRIED_OUTPUTS = {"QuantizeLinear": (0,), "DynamicQuantizeLinear": (0, 2)}
 
 
 def round_ste(v: Tensor) -> Tensor:
@@ -98,7 +110,7 @@ def quantize_linear(node: NodeView, inputs: Inputs) -> list[Tensor]:
 def dequantize_linear(node: NodeView, inputs: Inputs) -> list[Tensor]:
     _blocked(node)
     declared = node.input_type(0)
-    if declared and declared not in RANGES and declared != _T.INT32:
+    if declared in _SMALL_FLOATS:
         raise Unsupported(f"DequantizeLinear from {_T.DataType.Name(declared)}")
     x, scale = inputs[0], inputs[1]
     zero_point = inputs[2] if len(inputs) > 2 else None

@@ -107,7 +107,7 @@ def reduce(node: NodeView, inputs: Inputs) -> list[Tensor]:
     if any(x.shape[d] == 0 for d in dims):
         shape = [1 if d in dims else n for d, n in enumerate(x.shape) if keepdim or d not in dims]
         return [torch.full(shape, empty(x), dtype=x.dtype, device=x.device)]
-    y = fn(x, dims, keepdim=keepdim) if dims else x
+    y = fn(x, dims, keepdim=keepdim).to(x.dtype) if dims else x
     return [y if after is None else after(y)]
 
 
