@@ -61,7 +61,7 @@ def _variadic(fn: Callable[[Tensor, Tensor], Tensor]):
 
 def _unary(fn: Callable[[Tensor], Tensor]):
     def handler(node: NodeView, inputs: Inputs) -> list[Tensor]:
-        return [fn(inputs[0])]
+        return [_computed(fn, inputs[0])]
 
     return handler
 

@@ -6,7 +6,7 @@ inputs), so gradients pass (see `nodes`); real integer tensors are accepted too.
   ONNX; round_ste rounds forward and passes the gradient straight through, so x and scale
   (LSQ-style) both train. qmin/qmax come from the zero point's ONNX type: `node.input_type(2)`,
   else the zero point tensor's own integer dtype, else the `output_dtype` attribute (21), else
-  uint8. uint8, int8, uint16, int16, uint4, int4 ranges; float8 and float4 targets are
+  uint8. uint8, int8, uint16, int16, uint4, int4, uint2, int2 ranges; float8 and float4 targets are
   declined. Per-axis scales and zero points (`axis`, opset 13); `block_size` other than 0
   (blocked quantization, 21) is declined; `saturate` only concerns float8.
 - DequantizeLinear: (x - zero_point) * scale, per-axis too, int32 inputs without zero point;
@@ -34,6 +34,7 @@ RANGES = {
     _T.INT16: (-32768, 32767),
     _T.UINT4: (0, 15),
     _T.INT4: (-8, 7),
+    **({_T.UINT2: (0, 3), _T.INT2: (-2, 1)} if hasattr(_T, "INT2") else {}),
 }
 _TORCH_INTEGER = {
     torch.uint8: _T.UINT8,
