@@ -104,7 +104,8 @@ TORCH_DTYPES = {
 def torch_dtype(onnx_type: int) -> torch.dtype:
     """The torch dtype of ONNX element type `onnx_type`; Unsupported for the others."""
     if onnx_type not in TORCH_DTYPES:
-        name = onnx.TensorProto.DataType.Name(onnx_type) if onnx_type else "unknown"
+        known = onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(onnx_type) if onnx_type in known else f"#{onnx_type}"
         raise Unsupported(f"element type {name} has no exact torch counterpart")
     return TORCH_DTYPES[onnx_type]
 

@@ -9,7 +9,9 @@ size works (torch's own padding is limited to half a kernel).
   about the Indices output, which is declined (PyTorch's indices follow another layout).
 - AveragePool and LpPool (p): window sums are a convolution with a ones kernel (dilations
   allowed), divided by the count of input positions (count_include_pad=0) or of input and pad
-  positions (count_include_pad=1) under each window.
+  positions (count_include_pad=1) under each window; AveragePool windows that all hold
+  kernel-many positions (no dilation, no ceil extension, pads counted or absent) use torch's
+  average pooling directly.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from onnxopt.training.nodes import Inputs, NodeView, Tensor, Unsupported
 from onnxopt.training.ops_nn import spatial_attrs, torch_pads, window_pads
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -77,7 +80,16 @@ def _window_sums(x: Tensor, node: NodeView, include_pad: bool) -> tuple[Tensor, 
 
 
 def average_pool(node: NodeView, inputs: Inputs) -> list[Tensor]:
-    sums, counts = _window_sums(inputs[0], node, bool(node.attr("count_include_pad", 0)))
+    x, include_pad = inputs[0], bool(node.attr("count_include_pad", 0))
+    kernel, strides, dilations, layout = _windows(node, x)
+    padded = any(b or e for b, e, _ in layout)
+    if (
+        set(dilations) == {1}
+        and not any(extra for *_, extra in layout)
+        and (include_pad or not padded)
+    ):  # every window holds kernel-many positions: torch's own pooling
+        return [_AVG_POOL[len(kernel)](_padded(x, layout, 0.0, 0.0), kernel, strides)]
+    sums, counts = _window_sums(x, node, include_pad)
     return [sums / counts]
 
 

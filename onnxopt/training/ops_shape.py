@@ -70,7 +70,7 @@ def flatten(node: NodeView, inputs: Inputs) -> list[Tensor]:
 
 def concat(node: NodeView, inputs: Inputs) -> list[Tensor]:
     present = [t for t in inputs if t is not None]
-    return [torch.cat(present, axis_of(node.attr("axis"), present[0].dim()))]
+    return [torch.cat(present, axis_of(node.attr("axis", 1), present[0].dim()))]
 
 
 def split(node: NodeView, inputs: Inputs) -> list[Tensor]:

@@ -74,6 +74,12 @@ def torch_inputs(op: str, inputs: list, dtype: torch.dtype | None = None) -> lis
     return result
 
 
+def _types(inputs: list) -> list[int]:
+    return [
+        0 if v is None else helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype) for v in inputs
+    ]
+
+
 def run_torch(
     node: onnx.NodeProto,
     inputs: list,
@@ -81,11 +87,9 @@ def run_torch(
     input_types: list[int] | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
-    if input_types is None:
-        input_types = [
-            0 if v is None else helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype) for v in inputs
-        ]
-    view = NodeView.of(node, opset, input_types=input_types)
+    view = NodeView.of(
+        node, opset, input_types=_types(inputs) if input_types is None else input_types
+    )
     handler = handler_for(view)
     return handler(view, torch_inputs(node.op_type, inputs, dtype))
 
@@ -240,6 +244,9 @@ def _norm_cases() -> list:
         case("LayerNormalization", [x, f32(4, 5)], {"axis": 2}, outputs=3, name="stats"),
         case("LayerNormalization", [x, f32(6, 4, 5), f32(6, 4, 5)], {"axis": -3}, name="axis"),
         case("GroupNormalization", [x, f32(6), f32(6)], {"num_groups": 3}, opset=21),
+        case(
+            "GroupNormalization", [x, f32(2), f32(2)], {"num_groups": 2}, opset=18, name="per-group"
+        ),
         case("LRN", [x], {"size": 3, "alpha": 1e-2, "beta": 0.5}),
         case("LRN", [x], {"size": 5, "bias": 2.0}, name="size5"),
     ]
@@ -791,6 +798,52 @@ def test_matches_onnxruntime(op: str, inputs: list, attrs: dict, opset: int, opt
     for index, (value, expected) in enumerate(zip(got, want, strict=False)):
         value = as_expected(op, index, value, expected)
         assert_close(value, expected, options.get("rtol", 1e-5), options.get("atol", 1e-6))
+
+
+_FLOAT_OUTPUT_KEPT = {"Cast", "CastLike", "QuantizeLinear", "DynamicQuantizeLinear"}
+
+
+@pytest.mark.parametrize(("op", "inputs", "attrs", "opset", "options"), CASES)
+def test_float64_inputs_compute_in_float64(op, inputs, attrs, opset, options):
+    """The same cases with float inputs in float64: no handler falls back to float32."""
+    if not any(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in inputs):
+        pytest.skip("no float input")
+    node = node_of(op, inputs, options.get("outputs", 1), attrs)
+    want = run_ort(node, inputs, opset)
+    got = run_torch(node, inputs, opset, dtype=torch.float64)
+    for index, expected in enumerate(want):
+        value = got[index]
+        if expected.dtype == np.float32 and op not in _FLOAT_OUTPUT_KEPT:
+            assert value.dtype == torch.float64, f"output {index} is {value.dtype}"
+        value = as_expected(op, index, value, expected).astype(expected.dtype)
+        assert_close(value, expected, 1e-4, 1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize(("op", "inputs", "attrs", "opset", "options"), CASES)
+def test_cuda_matches_cpu(op, inputs, attrs, opset, options):
+    """Every case on CUDA (TF32 off) gives the CPU result, outputs on the device."""
+    node = node_of(op, inputs, options.get("outputs", 1), attrs)
+    view = NodeView.of(node, opset, input_types=_types(inputs))
+    handler = handler_for(view)
+    cpu = handler(view, torch_inputs(op, inputs))
+    on_device = [None if t is None else t.cuda() for t in torch_inputs(op, inputs)]
+    with _no_tf32():
+        cuda = handler(view, on_device)
+    for index, (value, expected) in enumerate(zip(cuda, cpu, strict=True)):
+        if op != "Constant":
+            assert value.is_cuda, f"output {index} left the device"
+        want = expected.detach().numpy()
+        assert_close(value.detach().cpu().numpy(), want, 1e-5, 1e-6)
+
+
+class _no_tf32:
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
 # --- refusals -------------------------------------------------------------------------------
