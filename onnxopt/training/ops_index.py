@@ -1,9 +1,11 @@
-"""Indexing and constants: Gather, GatherElements, GatherND, TopK, NonZero, OneHot, Trilu,
-Constant, ConstantOfShape, Range.
+"""Indexing and constants: Gather, GatherElements, GatherND, ScatterElements (and Scatter, its
+opset 9 name), ScatterND, TopK, NonZero, OneHot, Trilu, Constant, ConstantOfShape, Range.
 
 - Gather, GatherElements: axis, negative indices counted from the end; int32 or int64
   indices (the codebook decoder gathers its centroids with int32 indices: gradients reach the
   gathered table). GatherND: batch_dims.
+- ScatterElements, ScatterND: reduction none/add/mul (16), max/min (18), negative indices;
+  differentiable in data and updates (torch scatter / scatter_reduce).
 - TopK: K input (opset 10) or `k` attribute (opset 1), axis, largest, sorted; ties keep the
   lower index first, as ONNX requires (a stable sort).
 - NonZero; OneHot (axis, negative indices, out-of-range indices give all-off rows); Trilu
@@ -54,6 +56,42 @@ def gather_nd(node: NodeView, inputs: Inputs) -> list[Tensor]:
     keys += [_positive(rows[..., i], x.shape[batch + i]) for i in range(depth)]
     picked = table[tuple(keys)]
     return [picked.reshape(*indices.shape[:-1], *x.shape[batch + depth :])]
+
+
+_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _reduction(node: NodeView) -> str | None:
+    reduction = node.attr("reduction", "none")
+    if reduction != "none" and reduction not in _REDUCE:
+        raise Unsupported(f"{node.op_type} reduction={reduction}")
+    return _REDUCE.get(reduction)
+
+
+def _scattered(data: Tensor, axis: int, index: Tensor, updates: Tensor, reduce: str | None):
+    if reduce is None:
+        return data.scatter(axis, index, updates)
+    return data.scatter_reduce(axis, index, updates, reduce, include_self=True)
+
+
+def scatter_elements(node: NodeView, inputs: Inputs) -> list[Tensor]:
+    data, indices, updates = inputs[0], inputs[1], inputs[2]
+    axis = axis_of(node.attr("axis", 0), data.dim())
+    index = _positive(indices, data.shape[axis])
+    return [_scattered(data, axis, index, updates, _reduction(node))]
+
+
+def scatter_nd(node: NodeView, inputs: Inputs) -> list[Tensor]:
+    """Through a flat view: the first k dims of `data` as one axis of linear positions."""
+    data, indices, updates = inputs[0], inputs[1].long(), inputs[2]
+    depth = indices.shape[-1]
+    linear = torch.zeros(indices.shape[:-1], dtype=torch.long, device=data.device)
+    for i in range(depth):
+        linear = linear * data.shape[i] + _positive(indices[..., i], data.shape[i])
+    rows = data.reshape(int(torch.Size(data.shape[:depth]).numel()), -1)
+    values = updates.reshape(-1, rows.shape[1])
+    index = linear.reshape(-1, 1).expand(-1, rows.shape[1])
+    return [_scattered(rows, 0, index, values, _reduction(node)).reshape(data.shape)]
 
 
 def top_k(node: NodeView, inputs: Inputs) -> list[Tensor]:
@@ -121,6 +159,9 @@ HANDLERS = {
     "Gather": gather,
     "GatherElements": gather_elements,
     "GatherND": gather_nd,
+    "ScatterElements": scatter_elements,
+    "Scatter": scatter_elements,
+    "ScatterND": scatter_nd,
     "TopK": top_k,
     "NonZero": non_zero,
     "OneHot": one_hot,
@@ -134,6 +175,9 @@ ATTRIBUTES = {
     "Gather": frozenset({"axis"}),
     "GatherElements": frozenset({"axis"}),
     "GatherND": frozenset({"batch_dims"}),
+    "ScatterElements": frozenset({"axis", "reduction"}),
+    "Scatter": frozenset({"axis"}),
+    "ScatterND": frozenset({"reduction"}),
     "TopK": frozenset({"k", "axis", "largest", "sorted"}),
     "NonZero": frozenset(),
     "OneHot": frozenset({"axis"}),
