@@ -2,7 +2,9 @@
 
 A handler computes a node's outputs from its inputs in torch, differentiably where the op is:
 `handler(node, inputs) -> list of outputs`, one per node output (trailing optional outputs
-that the graph does not use may be omitted). `inputs` holds one tensor per node input, None for
+that the graph does not use may be omitted; a handler may also return optional outputs the
+node does not declare, e.g. LayerNormalization's statistics: callers pair outputs with
+`node.output` by position). `inputs` holds one tensor per node input, None for
 an omitted optional input. Conventions shared by every handler:
 
 - Tensors keep their ONNX element type, except quantized values: uint8/int8/int32 values that
