@@ -91,6 +91,7 @@ class Row:
     speedup: float | None = None
     size_ratio: float | None = None
     optimize_seconds: float = 0.0
+    peak_rss_mb: float | None = None
     error: str = ""
 
 
@@ -208,6 +209,8 @@ def run_pipeline(model: str, fp32: Path, text: str, out: Path, sets: dict, split
         {"step": p.step, "status": p.status, "reason": p.reason} for p in result.report.passes
     ]
     row.status = pass_status(row.passes)
+    peaks = [p.peak_rss_mb for p in result.report.passes if p.peak_rss_mb is not None]
+    row.peak_rss_mb = max(peaks, default=None)
     row.tool = tool_reports(result.report)
     if split and row.tool["on"] != split:  # the in-sample set may then hold held-out crops
         log.warning("the tool's split (%s) is not the one assumed (%s)", row.tool["on"], split)

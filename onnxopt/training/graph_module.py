@@ -5,7 +5,8 @@ Constants that do not depend on anything trainable are computed once, when the v
 (shape arithmetic, index unpacking of `share`'s decoders); the rest run on every call.
 Trainables (`onnxopt.training.trainables`) become parameters: a float constant is one itself;
 an int8 weight is a float latent rounded straight-through to its grid; an activation scale is
-the graph's times exp(a trained log-factor); an int32 bias a float latent whose scale follows the activation scale.
+the graph's times exp(a trained log-factor); an int32 bias a float latent whose scale
+follows the activation scale.
 `constant_values()` gives every trained constant as the graph stores it (element type and
 shape), which is what write-back puts into the model.
 
@@ -22,16 +23,13 @@ import torch
 from torch import nn
 
 from onnxopt.ir.graph import GraphIndex, constant_node_value, default_opset, has_subgraph_attribute
+from onnxopt.training.fusion import fuse_fake_quant
 from onnxopt.training.handlers import handler_for
 from onnxopt.training.nodes import NodeView, Unsupported
+from onnxopt.training.ops_quant import CARRIED_INPUTS, round_ste
 from onnxopt.training.trainables import Trainable, TrainPlan
 
 MIN_SCALE = 1e-12
-
-
-def round_ste(value: torch.Tensor) -> torch.Tensor:
-    """Round half to even forward, identity backward (the straight-through estimator)."""
-    return value + (torch.round(value) - value).detach()
 
 
 class GraphModule(nn.Module):
@@ -48,7 +46,8 @@ class GraphModule(nn.Module):
         opset = default_opset(model)
         carried = _carried_as_float(graph)
         constants = self._constants(graph, carried)
-        self.steps = _steps(graph, opset, _element_types(model, constants))
+        self.steps = fuse_fake_quant(_steps(graph, opset, _element_types(model, constants)),
+                                     self.index)
         self.trainables: dict[str, Trainable] = {t.name: t for t in self.plan.trainables}
         self.params = nn.ParameterDict()
         self._keys: dict[str, str] = {}
@@ -244,10 +243,8 @@ def _carried_as_float(graph: onnx.GraphProto) -> set[str]:
     points): the view holds them as float32."""
     names = set()
     for node in graph.node:
-        if node.op_type == "DequantizeLinear":
-            names.update(node.input[i] for i in (0, 2) if i < len(node.input))
-        elif node.op_type == "QuantizeLinear" and len(node.input) > 2:
-            names.add(node.input[2])
+        slots = CARRIED_INPUTS.get(node.op_type, ())
+        names.update(node.input[i] for i in slots if i < len(node.input) and node.input[i])
     return names
 
 

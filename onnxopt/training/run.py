@@ -43,10 +43,6 @@ from onnxopt.training.trainables import plan_training
 
 log = logging.getLogger(__name__)
 
-PARITY_MIN_COSINE = 0.999
-"""The written model under ONNX Runtime against the torch view on the early-stopping rows:
-float rounding may flip a few int8 roundings, nothing more."""
-
 
 @dataclass(frozen=True)
 class Score:
@@ -108,22 +104,49 @@ class DistillRun:
                                 "early-stopping samples: model left as it was")
             return None
         written = write_back(student, module.constant_values())
-        parity = self._parity(written, module, stop)
-        self.stats["parity_cosine"] = parity
-        if parity < PARITY_MIN_COSINE:
-            self.skipped.append(f"the written model disagrees with the trained torch view "
-                                f"(cosine {parity:.5f}): model left as it was")
+        return self._verdict(student, written, labeller, stop)
+
+    def _verdict(self, student, written, labeller, stop: Samples) -> onnx.ModelProto | None:
+        """`written` when ONNX Runtime agrees with the teacher on the early-stopping samples
+        better than it does running `student` (what the torch view scored is a simulation of
+        int8 kernels whose float sums round differently, see `fusion`)."""
+        source = SamplesSource(stop, self.options.batch_size, "early-stopping samples")
+        outputs = len(onnx_outputs(student))
+        references = [labeller(feed)[:outputs] for feed in source]
+        before, after = (_session_score(model, self.provider, references, source)
+                         for model in (student, written))
+        self.stats["onnxruntime_early_stop"] = {"before": before.to_dict(),
+                                                "after": after.to_dict()}
+        if after.key() <= before.key():
+            self.skipped.append(
+                f"under ONNX Runtime the trained model agrees no better with the teacher on the "
+                f"early-stopping samples ({_describe(after)} vs {_describe(before)} before): "
+                "model left as it was")
             return None
         return written
 
-    def _parity(self, written: onnx.ModelProto, module: GraphModule, stop: Samples) -> float:
-        session = make_session(written, self.provider, options=session_options(spinning=False))
-        outputs = module.output_names
-        report = compare_runners(
-            lambda feed: session.run(outputs, feed), student_runner(module, len(outputs)),
-            outputs, SamplesSource(stop, self.options.batch_size, "early-stopping samples"),
-        )
-        return min(o.cosine for o in report.outputs if o.cosine is not None)
+
+def onnx_outputs(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output]
+
+
+def _session_score(model, provider, references, source) -> Score:
+    session = make_session(model, provider, options=session_options(spinning=False))
+    names = onnx_outputs(model)
+    pending = iter(references)
+    report = compare_runners(lambda feed: next(pending), lambda feed: session.run(names, feed),
+                             names, source)
+    return score_of(report)
+
+
+def score_of(report) -> Score:
+    cosines = [o.cosine for o in report.outputs if o.cosine is not None]
+    return Score(report.outputs[0].top1, float(min(cosines)) if cosines else 0.0)
+
+
+def _describe(score: Score) -> str:
+    top1 = "" if score.top1 is None else f"top-1 {100 * score.top1:.1f} %, "
+    return f"{top1}cosine {score.cosine:.4f}"
 
 
 class Labeller:
@@ -142,10 +165,36 @@ def student_runner(module: GraphModule, outputs: int):
 
     def run(feed: Feed) -> list[np.ndarray]:
         with torch.no_grad():
-            got = module(*[torch.from_numpy(feed[n]).to(device) for n in module.input_names])
+            got = module(*tensors(feed, module.input_names, device))
         return [t.detach().cpu().numpy() for t in got[:outputs]]
 
     return run
+
+
+WARMUP = 0.1
+"""Share of the schedule over which the learning rate ramps up: Adam's first steps move every
+parameter by about the learning rate whatever its gradient, which at full rate costs a trained
+network more than its first epoch gains back (MobileNetV2 int8: early-stopping cosine
+0.9967 -> 0.9945 after one epoch at 1e-4 without it)."""
+
+
+def learning_rate_factor(fraction: float) -> float:
+    """Linear warm-up, then cosine decay to zero, over the fraction of the budget spent."""
+    if fraction < WARMUP:
+        return fraction / WARMUP
+    return 0.5 * (1 + np.cos(np.pi * (fraction - WARMUP) / (1 - WARMUP)))
+
+
+def tensors(feed: Feed, names: list[str], device: torch.device) -> list[torch.Tensor]:
+    """The feed as torch tensors; images channels-last, the layout torch's CPU convolutions
+    run fastest in (about 2x on MobileNetV2)."""
+    out = []
+    for name in names:
+        value = torch.from_numpy(feed[name]).to(device)
+        if value.ndim == 4 and value.is_floating_point():
+            value = value.contiguous(memory_format=torch.channels_last)
+        out.append(value)
+    return out
 
 
 class Trainer:
@@ -164,6 +213,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups)
 
     def fit(self, train: Samples, stop: Samples) -> Score | None:
+        """Train; keep the best epoch on `stop`. None when none beat the start.
+
+        The schedule is planned in steps (`epochs` over the training rows); after each epoch
+        the plan shrinks to the steps `max_seconds` has left at the pace measured so far, so
+        the learning rate still decays to zero inside the budget. When the budget does not
+        bind, the run depends on the seed and the data alone."""
         outputs = len(self.module.output_names)
         stop_source = SamplesSource(stop, self.options.batch_size, "early-stopping samples")
         references = [self.labeller(feed)[:outputs] for feed in stop_source]
@@ -171,48 +226,49 @@ class Trainer:
         best, best_state, stale = start, _state(self.module), 0
         history = [start.to_dict()]
         began = time.monotonic()
-        steps_per_epoch = -(-train.count // self.options.batch_size)
-        total = steps_per_epoch * self.options.epochs
-        step, epochs = 0, 0
-        for epoch in range(self.options.epochs):
-            loss = 0.0
+        per_epoch = max(1, train.count // self.options.batch_size)
+        total, step, epochs = per_epoch * self.options.epochs, 0, 0
+        while step < total and stale < self.options.patience:
+            losses = []
             for rows in self._batches(train.count):
-                fraction = max(step / total, (time.monotonic() - began) / self.options.max_seconds)
-                if fraction >= 1:
+                if step >= total or time.monotonic() - began >= self.options.max_seconds:
                     break
-                loss += self._step(train.take(rows), fraction, outputs)
+                losses.append(self._step(train.take(rows), step, total, outputs))
                 step += 1
-            epochs = epoch + 1
+            epochs += 1
+            elapsed = time.monotonic() - began
+            total = min(total, step + int((self.options.max_seconds - elapsed) * step / elapsed))
             score = self.score(references, stop_source)
-            history.append(score.to_dict() | {"loss": loss / max(1, steps_per_epoch)})
-            log.info("distill epoch %d: loss %.4f, early-stop %s (%.0f s)", epochs,
-                     loss / max(1, steps_per_epoch), score.to_dict(), time.monotonic() - began)
+            history.append(score.to_dict() | {"loss": float(np.mean(losses))})
+            log.info("distill epoch %d: loss %.4f, early-stop %s, %.0f s, about %.0f s left",
+                     epochs, np.mean(losses), score.to_dict(), elapsed,
+                     elapsed / step * (total - step))
             if score.key() > best.key():
                 best, best_state, stale = score, _state(self.module), 0
             else:
                 stale += 1
-            if stale >= self.options.patience or (time.monotonic() - began
-                                                 ) >= self.options.max_seconds:
-                break
         self.module.load_state_dict(best_state)
-        self.stats = {"epochs": epochs, "steps": step, "seconds": round(time.monotonic() - began,
-                      1), "early_stop_before": start.to_dict(), "early_stop_after":
-                      best.to_dict(), "history": history}
+        # the wall time sits in a table: the model's metadata keeps scalar stats only, and
+        # must not depend on the machine's speed
+        self.stats = {"epochs": epochs, "steps": step,
+                      "time": {"seconds": round(time.monotonic() - began, 1)},
+                      "early_stop_before": start.to_dict(), "early_stop_after": best.to_dict(),
+                      "history": history}
         return None if best is start else best
 
     def _batches(self, count: int):
         order = torch.randperm(count, generator=self.generator).numpy()
-        size = self.options.batch_size
-        for begin in range(0, count - size + 1 if count >= size else 1, size):
+        size = min(self.options.batch_size, count)
+        for begin in range(0, count - size + 1, size):
             yield np.sort(order[begin : begin + size])
 
-    def _step(self, feed: Feed, fraction: float, outputs: int) -> float:
+    def _step(self, feed: Feed, step: int, total: int, outputs: int) -> float:
         if self.options.augment:
             feed = augment(feed, self.generator)
         targets = [torch.from_numpy(np.asarray(t)).to(self.device) for t in self.labeller(feed)]
-        inputs = [torch.from_numpy(feed[n]).to(self.device) for n in self.module.input_names]
+        inputs = tensors(feed, self.module.input_names, self.device)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["base"] * 0.5 * (1 + np.cos(np.pi * fraction))
+            group["lr"] = group["base"] * learning_rate_factor((step + 1) / (total + 1))
         self.optimizer.zero_grad(set_to_none=True)
         got = self.module(*inputs)
         loss = distill_loss(got, targets, outputs, self.options.temperature,
@@ -227,9 +283,7 @@ class Trainer:
         pending = iter(references)
         report = compare_runners(lambda feed: next(pending), student_runner(self.module, outputs),
                                  self.module.output_names, source)
-        first = report.outputs[0]
-        cosines = [o.cosine for o in report.outputs if o.cosine is not None]
-        return Score(first.top1, float(min(cosines)) if cosines else 0.0)
+        return score_of(report)
 
 
 def _state(module: GraphModule) -> dict:

@@ -1,0 +1,116 @@
+"""What `distill` adds: each pipeline without and with it, measured out of sample.
+
+The machinery of `bench_generalization` (same calibration crops, same evaluation sets, same
+interleaved latency measurement): 1024 calibration crops of `CALIBRATION_PHOTOS`; agreement
+with the fp32 model (top-1 of the logits and their cosine) on 500 new crops of those photos
+and on 500 crops of `OTHER_PHOTOS`, photos no calibration crop comes from; speed-up over fp32
+(interleaved, batch 1, 2 threads); the optimize wall time and the peak resident memory of its
+passes. `distill` trains on the calibration samples the passes are given (the tool keeps its
+own holdout aside) and picks its best epoch on a part of them.
+
+    python -m benchmarks.bench_distill
+    python -m benchmarks.bench_distill --models mobilenet_v2 --pipelines quant \\
+        --calib-samples 64 --eval-samples 32 --runs 20 --no-results --out /tmp/d   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks import bench_generalization as gen
+from benchmarks.results_file import write_section
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out" / "distill"
+BEGIN, END = "<!-- bench_distill:begin -->", "<!-- bench_distill:end -->"
+BASES = ("quant", "share{target_ratio=6}", "prune{ratio=0.3},quant")
+DISTILL = "distill"
+EFFICIENTNET_BASES = ("quant",)
+
+
+def pipelines_for(model: str, bases: list[str]) -> list[str]:
+    chosen = bases if model == "mobilenet_v2" else [b for b in bases if b in EFFICIENTNET_BASES]
+    return [text for base in chosen for text in (base, f"{base},{DISTILL}")]
+
+
+def table(rows: list[gen.Row]) -> str:
+    lines = [
+        "| pipeline | status | new crops top-1 | new crops cosine | other photos top-1 "
+        "| other photos cosine | speed-up | optimize time | peak RSS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.error:
+            lines.append(f"| `{r.pipeline}` | {r.error} |" + " |" * 7)
+            continue
+        a = r.agreement
+        cells = [
+            f"`{r.pipeline}`",
+            r.status,
+            gen._pct(a["new_crops"]["top1"]),
+            gen._cos(a["new_crops"]["cosine"]),
+            gen._pct(a["other_photos"]["top1"]),
+            gen._cos(a["other_photos"]["cosine"]),
+            "" if r.speedup is None else f"{r.speedup:.2f}x",
+            f"{r.optimize_seconds / 60:.1f} min",
+            "" if r.peak_rss_mb is None else f"{r.peak_rss_mb / 1024:.2f} GB",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def section(args, body: str) -> str:
+    return f"""## distill: knowledge distillation from the fp32 model, out of sample
+
+`python -m benchmarks.bench_distill`. Each pipeline without and with `distill` (default
+options: at most {8} epochs and 600 s of training, Adam 1e-4, batch 32, KL at T=2 on the
+logits plus normalized MSE on 4 intermediate tensors both graphs share), through
+`onnxopt.api.optimize(..., calib=calib.npz, seed=0)`. calib.npz: {args.calib_samples} crops of
+{len(gen.CALIBRATION_PHOTOS)} photos (seed {gen.CALIB_SEED}); the tool holds 20 % of them out
+for its own fidelity check, `distill` keeps 15 % of the rest for early stopping and trains on
+the others. Agreement with the fp32 model on {args.eval_samples} **new crops** of the
+calibration photos (seed {gen.NEW_SEED}) and {args.eval_samples} crops of **other photos**
+({", ".join(gen.OTHER_PHOTOS)}; seed {gen.OTHER_SEED}), which no calibration crop comes from.
+Speed-up: fp32 latency over the model's, interleaved in one process, batch 1, 2 threads,
+{args.runs} rounds. Optimize time: wall time of the whole pipeline with its checks; peak RSS:
+the largest peak resident memory of its passes. 2 CPU cores. EfficientNet-Lite0 has random
+weights (see bench_generalization) and runs with `min_cosine=0`.
+
+{body}"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=gen.MODELS, default=list(gen.MODELS))
+    parser.add_argument("--pipelines", nargs="+", default=list(BASES),
+                        help="base pipelines; each also runs with ,distill")
+    parser.add_argument("--calib-samples", type=int, default=1024)
+    parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    gen.check_disjoint(args.calib_samples, args.eval_samples)
+    bases = list(args.pipelines)
+    results: dict[str, list[gen.Row]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-distill-") as name:
+        for model in args.models:
+            args.pipelines, args.audit = pipelines_for(model, bases), False
+            results[model] = gen.measure_model(model, Path(name), args)
+            args.out.mkdir(parents=True, exist_ok=True)
+            payload = {m: [asdict(r) for r in rs] for m, rs in results.items()}
+            (args.out / "results.json").write_text(json.dumps(payload, indent=1))
+    body = "\n\n".join(f"### {gen.TITLES[m]}\n\n{table(rows)}" for m, rows in results.items())
+    if not args.no_results:
+        write_section(BEGIN, END, section(args, body))
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

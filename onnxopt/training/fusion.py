@@ -1,0 +1,75 @@
+"""A fusion the torch view makes for training speed: QuantizeLinear -> DequantizeLinear on an
+activation runs as one fake-quantize kernel.
+
+In a `quant` output, every activation passes through a QuantizeLinear whose integers only its
+DequantizeLinear partners read. Run as written, that is six or more passes over each
+activation per call, and as many in the backward pass; torch's fused kernel
+(`_fake_quantize_learnable_per_tensor_affine`) is one, with the straight-through gradient for
+the input and the LSQ gradient for the scale. It rounds x * (1 / scale) + zero_point where
+ONNX rounds x / scale and then adds the zero point: the two differ only for values within a
+float rounding of a half-step boundary (one int8 step there, as between ONNX Runtime's own
+fused kernels and its unfused nodes). Per-axis scales, 16-bit types and graph outputs are not
+fused.
+"""
+
+from __future__ import annotations
+
+import onnx
+import torch
+
+from onnxopt.ir.graph import GraphIndex
+from onnxopt.training.nodes import Handler, Inputs, NodeView, Tensor
+from onnxopt.training.ops_quant import RANGES, dequantize_linear, quantize_linear
+
+FUSABLE_TYPES = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
+
+Step = tuple[NodeView, Handler]
+
+
+def fuse_fake_quant(steps: list[Step], index: GraphIndex) -> list[Step]:
+    """`steps` with each activation Q -> DQ pair(s) replaced by one fused step writing the
+    DequantizeLinear outputs."""
+    fused_dqs: set[int] = set()
+    out: list[Step] = []
+    replacements: dict[int, Step] = {}
+    for position, (view, _) in enumerate(steps):
+        partners = _partners(view, index)
+        if partners:
+            replacements[position] = _fused_step(view, partners)
+            fused_dqs.update(id(n) for n in partners)
+    for position, step in enumerate(steps):
+        if id(step[0].node) in fused_dqs:
+            continue
+        out.append(replacements.get(position, step))
+    return out
+
+
+def _partners(view: NodeView, index: GraphIndex) -> list[onnx.NodeProto]:
+    node = view.node
+    if node.op_type != "QuantizeLinear" or len(node.input) < 3 or view.attr("block_size", 0):
+        return []
+    if view.input_type(2) not in FUSABLE_TYPES or node.output[0] in index.graph_outputs:
+        return []
+    readers = index.consumers.get(node.output[0], [])
+    same = all(r.op_type == "DequantizeLinear" and list(r.input[1:3]) == list(node.input[1:3])
+               and not any(a.name == "block_size" and a.i for a in r.attribute) for r in readers)
+    return readers if readers and same else []
+
+
+def _fused_step(view: NodeView, partners: list[onnx.NodeProto]) -> Step:
+    node = onnx.helper.make_node("FakeQuantize", list(view.node.input),
+                                 [p.output[0] for p in partners], name=view.node.name)
+    fused = NodeView(node, view.opset, dict(view.attrs), view.input_types)
+    low, high = RANGES[view.input_type(2)]
+
+    def run(_: NodeView, inputs: Inputs) -> list[Tensor]:
+        x, scale, zero = inputs[0], inputs[1], inputs[2]
+        if scale.numel() == 1 and x.dtype == torch.float32:
+            y = torch._fake_quantize_learnable_per_tensor_affine(
+                x, scale.reshape(1).float(), zero.reshape(1).float(), low, high, 1.0)
+        else:
+            (q,) = quantize_linear(view, inputs)
+            (y,) = dequantize_linear(NodeView(partners[0], view.opset), [q, scale, zero])
+        return [y] * len(partners)
+
+    return fused, run

@@ -1,0 +1,142 @@
+"""The `distill` pass end to end on the digits CNN: it recovers what pruning and quantization
+lost (real labels, held-out digits), keeps the layout, is reproducible, and declines cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from onnxopt.api import optimize
+from tests.conftest import float_model, run_cli
+
+FAST = "distill{epochs=3,batch_size=32}"
+
+
+@pytest.fixture(scope="module")
+def digits_split(tmp_path_factory):
+    """The bundled model's split of scikit-learn's digits: calib.npz holds the 1257 training
+    images (unlabeled, as a user would have them), the 540 test images keep their labels."""
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None]
+    x_train, x_test, _, y_test = train_test_split(
+        images, digits.target, test_size=0.3, stratify=digits.target, random_state=0)
+    calib = tmp_path_factory.mktemp("digits") / "calib.npz"
+    np.savez(calib, input=x_train)
+    return calib, x_test, y_test
+
+
+def accuracy(model_path, split) -> float:
+    _, images, labels = split
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return float((session.run(None, {"input": images})[0].argmax(1) == labels).mean())
+
+
+def layout(model: onnx.ModelProto) -> list[tuple]:
+    """Nodes (op, inputs, outputs) and constants (name, dtype, shape): what must not change."""
+    nodes = [(n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node]
+    constants = [(t.name, t.data_type, tuple(t.dims)) for t in model.graph.initializer]
+    return nodes + constants
+
+
+BROKEN = "prune{ratio=0.5,reconstruct=false,min_cosine=0},quant{min_cosine=0}"
+"""Half the channels gone and no refit: about 10 % on the test digits, chance level."""
+
+
+@pytest.fixture(scope="module")
+def broken(digits_model, digits_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "broken.onnx"
+    optimize(digits_model, out, passes=BROKEN, calib=digits_split[0])
+    return out
+
+
+@pytest.fixture(scope="module")
+def recovered(digits_model, digits_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "recovered.onnx"
+    result = optimize(digits_model, out, calib=digits_split[0], seed=5,
+                      passes=f"{BROKEN},distill{{epochs=4,lr=1e-3,min_cosine=0}}")
+    return out, result.report
+
+
+def test_distill_recovers_a_broken_student_on_held_out_digits(broken, recovered, digits_split):
+    path, report = recovered
+    record = report.passes[-1]
+    assert record.name == "distill" and record.status == "changed", record.skipped
+    before, after = accuracy(broken, digits_split), accuracy(path, digits_split)
+    assert before < 0.3 and after >= 0.9, (before, after)
+    stats = record.stats
+    assert stats["trained"]["fake_quant"] > 0 and stats["trained"]["log_scale"] > 0
+    assert stats["early_stop_after"]["top1"] > stats["early_stop_before"]["top1"]
+    runtime = stats["onnxruntime_early_stop"]
+    assert runtime["after"]["top1"] > runtime["before"]["top1"]
+
+
+def test_distill_keeps_the_quantized_layout(broken, recovered):
+    path, _ = recovered
+    assert layout(onnx.load(path)) == layout(onnx.load(broken))
+
+
+def test_distill_is_reproducible(digits_model, digits_split, recovered, tmp_path):
+    path, _ = recovered
+    again = tmp_path / "again.onnx"
+    optimize(digits_model, again, calib=digits_split[0], seed=5,
+             passes=f"{BROKEN},distill{{epochs=4,lr=1e-3,min_cosine=0}}")
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_pruned_quantized_distilled_digits_keep_99_percent(digits_model, digits_split, tmp_path):
+    out = tmp_path / "pqd.onnx"
+    result = optimize(digits_model, out, passes=f"prune{{ratio=0.5}},quant,{FAST}",
+                      calib=digits_split[0])
+    assert [p.name for p in result.report.passes][-1] == "distill"
+    assert accuracy(out, digits_split) >= 0.99
+
+
+def test_distill_declines_an_op_it_cannot_run(tmp_path):
+    node = onnx.helper.make_node("Det", ["m"], ["d"], name="det")
+    mul = onnx.helper.make_node("MatMul", ["x", "w"], ["m"], name="mm")
+    w = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32)[None].repeat(2, 0), "w")
+    model = float_model([mul, node], [("x", ["n", 2, 4, 4])], [("d", ["n", 2])], [w])
+    source = tmp_path / "det.onnx"
+    onnx.save(model, source)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((80, 2, 4, 4)).astype(np.float32))
+    result = optimize(source, tmp_path / "out.onnx", passes="distill", calib=calib)
+    record = result.report.passes[0]
+    assert record.status == "unchanged" or not record.status.startswith("changed")
+    assert any("Det" in reason for reason in record.skipped)
+    assert (tmp_path / "out.onnx").exists()
+
+
+def test_distill_without_torch_exits_2_naming_the_install(tmp_path, digits_model, digits_calib,
+                                                          monkeypatch):
+    from onnxopt.passes import distill
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(Exception, match=r"pip install 'onnxopt\[distill\]'") as info:
+        distill.DistillPass().check_applicable(onnx.load(digits_model),
+                                               _context(digits_calib, digits_model))
+    assert getattr(info.value, "exit_code", 2) == 2
+
+
+def _context(calib, model):
+    from onnxopt.data.sources import open_data
+    from onnxopt.infra.pass_base import PassContext
+
+    return PassContext(calibration=open_data(calib, onnx.load(model)))
+
+
+def test_cli_reports_distill(tmp_path, digits_model, digits_calib):
+    report = tmp_path / "r.json"
+    done = run_cli("optimize", digits_model, "--passes", "distill{epochs=1,max_seconds=20}",
+                   "--calib", digits_calib, "-o", tmp_path / "o.onnx", "--report", report)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(report.read_text())["passes"][0]
+    assert record["name"] == "distill"
+    assert "early_stop_before" in record["stats"]
