@@ -37,6 +37,7 @@ from onnxopt.ir.graph import (
     set_attribute,
 )
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
+from onnxopt.ir.layers import along_output_channels, output_channels
 from onnxopt.ir.shapes import ShapeInfo
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def _folded_weights(layer, weight, bias, mult, channels):
     if layer.op_type == "Conv":
         if w.shape[0] != channels or b.shape != (channels,):
             return "channel counts differ"
-        return w * mult.reshape(-1, *([1] * (w.ndim - 1))), b
+        return w * along_output_channels(mult, layer, w.ndim), b
     if layer.op_type == "ConvTranspose":
         group = int(node_attr(layer, "group", 1))
         c_in, per_group = w.shape[:2]
@@ -153,12 +154,10 @@ def _folded_weights(layer, weight, bias, mult, channels):
         grouped = w.reshape(group, c_in // group, per_group, *w.shape[2:])
         scaled = grouped * mult.reshape(group, 1, per_group, *([1] * (w.ndim - 2)))
         return scaled.reshape(w.shape), b
-    trans_b = bool(node_attr(layer, "transB", 0))
-    out_features = w.shape[0] if trans_b else w.shape[1]
-    if out_features != channels or b.size not in (1, channels):
+    if output_channels(layer, w) != channels or b.size not in (1, channels):
         return "Gemm bias is not per output feature"
     beta = float(node_attr(layer, "beta", 1.0))
-    scaled = w * mult[:, None] if trans_b else w * mult[None, :]
+    scaled = w * along_output_channels(mult, layer, w.ndim)
     return scaled, beta * np.broadcast_to(b.reshape(-1), (channels,))
 
 

@@ -53,13 +53,7 @@ class GraphIndex:
         # name, so the tensor can be neither renamed nor given another producer.
         self.subgraph_reads: set[str] = set()
         for node in graph.node:
-            for name in node.output:
-                if name:
-                    self.producer[name] = node
-            for name in set(node.input):
-                if name:
-                    self.consumers[name].append(node)
-            self.subgraph_reads |= subgraph_outer_reads(node)
+            self.learn(node)
 
     def forget(self, node: onnx.NodeProto) -> None:
         """Drop `node` as producer and consumer (before it is edited or removed)."""

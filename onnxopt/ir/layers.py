@@ -1,7 +1,7 @@
 """Weighted-layer geometry, one copy for every engine: which axis of a weight indexes the
-layer's output channels, how many output channels it has, a convolution's explicit padding
-(`auto_pad` resolved), its output size along one axis, and the input windows its kernel reads
-(im2col, as a view)."""
+layer's output channels (and values shaped along it), how many output channels it has, a
+convolution's explicit padding (`auto_pad` resolved), its output size along one axis, and the
+input windows its kernel reads (im2col, as a view)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def output_channel_axis(op_type: str, trans_b: bool, weight_rank: int) -> int | 
 def node_output_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
     """`output_channel_axis` of `node`'s weight (its transB read from the node)."""
     return output_channel_axis(node.op_type, bool(node_attr(node, "transB", 0)), weight_rank)
+
+
+def along_output_channels(values: np.ndarray, node: onnx.NodeProto, weight_rank: int):
+    """`values` (one per output channel) shaped to broadcast along `node`'s weight's output
+    channel axis (Conv, Gemm, MatMul; a ConvTranspose's axis holds channels per group)."""
+    shape = [1] * weight_rank
+    shape[node_output_channel_axis(node, weight_rank)] = -1
+    return values.reshape(shape)
 
 
 def output_channels(node: onnx.NodeProto, weight: np.ndarray) -> int:
