@@ -13,7 +13,7 @@ import click
 
 from onnxopt import __version__, api
 from onnxopt.errors import OnnxoptError
-from onnxopt.infra.records import RunReport
+from onnxopt.report.run import passes_lines, run_blocks
 from onnxopt.report.tables import (
     Block,
     Table,
@@ -24,7 +24,6 @@ from onnxopt.report.tables import (
     to_json,
 )
 from onnxopt.report.terminal import print_table
-from onnxopt.units import human_bytes, human_count
 
 log = logging.getLogger("onnxopt")
 
@@ -76,6 +75,15 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )
+
+
+def _provider_option(text: str):
+    choices = click.Choice(["cpu", "cuda"])
+    return click.option("--provider", type=choices, default="cpu", show_default=True, help=text)
+
+
+def _seed_option(text: str):
+    return click.option("--seed", type=int, default=0, show_default=True, help=text)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,20 +139,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option(
     "--report", type=click.Path(path_type=str), default=None, help="Write the JSON report here."
 )
-@click.option(
-    "--provider",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider for checks.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed for every random choice; same seed, same output bytes.",
-)
+@_provider_option("ONNX Runtime execution provider for checks.")
+@_seed_option("Seed for every random choice; same seed, same output bytes.")
 @click.option(
     "--strict",
     is_flag=True,
@@ -176,61 +172,7 @@ def optimize(
         report=report,
     )
     if not ctx.obj["quiet"]:
-        _print_run(result.report)
-
-
-def _print_run(report: RunReport) -> None:
-    rows = []
-    for record in report.passes:
-        fidelity = _fidelity_text(record.fidelity)
-        rows.append(
-            [
-                record.step,
-                record.status + (f": {record.reason}" if record.reason else ""),
-                f"{record.seconds:.2f}s",
-                f"{human_count(record.before['params'])} -> {human_count(record.after['params'])}",
-                _macs_text(record.before, record.after),
-                f"{human_bytes(record.before['bytes'])} -> {human_bytes(record.after['bytes'])}",
-                fidelity,
-            ]
-        )
-    print_table(
-        f"onnxopt {report.pipeline}",
-        ["pass", "status", "time", "params", "MACs", "size", "fidelity vs before"],
-        rows,
-    )
-    total = _fidelity_text(report.fidelity)
-    print(f"output: {report.output or '(not written)'}   fidelity vs input: {total}")
-    print(f"fidelity measured on {report.fidelity_on}")
-    if report.fidelity_in_sample:
-        print(
-            "warning: these fidelity numbers are in-sample (on data the passes fitted) and "
-            "overstate fidelity on new inputs; give --val or more calibration samples"
-        )
-    for record in report.passes:
-        for reason in record.skipped[:5]:
-            print(f"  {record.name}: {reason}")
-        if len(record.skipped) > 5:
-            print(f"  {record.name}: ... {len(record.skipped) - 5} more in the JSON report")
-
-
-def _macs_text(before: dict, after: dict) -> str:
-    if before.get("macs") is None:
-        return "n/a"
-    return f"{human_count(before['macs'])} -> {human_count(after['macs'])}"
-
-
-def _fidelity_text(fidelity: dict | None) -> str:
-    if not fidelity:
-        return "-"
-    outputs = fidelity["outputs"]
-    cosine = min(o["cosine"] for o in outputs)
-    max_rel = max(o["max_rel"] for o in outputs)
-    text = f"cos {cosine:.5f}, max rel {max_rel:.2g}"
-    top1 = [o["top1"] for o in outputs if o.get("top1") is not None]
-    if top1:
-        text += f", top1 {min(top1) * 100:.1f}%"
-    return text
+        _print_blocks(run_blocks(result.report))
 
 
 @main.command("passes")
@@ -247,12 +189,7 @@ def passes_command(as_json: bool) -> None:
     if as_json:
         print(json.dumps(entries, indent=2, default=str))
         return
-    for entry in entries:
-        print(f"{entry['name']}: {entry['summary']}")
-        for opt in entry["options"]:
-            print(
-                f"    {opt['name']} ({opt['type_text']}, default {opt['default']!r}): {opt['doc']}"
-            )
+    _print_blocks(passes_lines(entries))
 
 
 _SHAPE_HELP = "Shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)."
@@ -312,14 +249,8 @@ def inspect_command(ctx, model, shapes, top, as_json):
     "--min-top1", type=float, default=None, help="Exit 1 if top-1 agreement (0..1) is lower."
 )
 @click.option("--max-abs", type=float, default=None, help="Exit 1 if a max abs error is higher.")
-@click.option(
-    "--provider",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --data random.")
+@_provider_option("ONNX Runtime execution provider.")
+@_seed_option("Seed for --data random.")
 @click.pass_context
 def validate_command(
     ctx,
@@ -366,13 +297,7 @@ def validate_command(
 
 @main.command("benchmark")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
-@click.option(
-    "--provider",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider (cuda: never falls back to CPU).",
-)
+@_provider_option("ONNX Runtime execution provider (cuda: never falls back to CPU).")
 @click.option("--batch", type=int, default=None, help="Value of a dynamic batch dim (default 1).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: ORT's).")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per model.")
@@ -383,7 +308,7 @@ def validate_command(
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Write JSON here.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=str), help="Write CSV here.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory probe (a child per model).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@_seed_option("Seed for random inputs.")
 @click.pass_context
 def benchmark_command(
     ctx,

@@ -37,6 +37,7 @@ from onnxopt.ir.graph import (
     set_attribute,
 )
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
+from onnxopt.ir.layers import along_output_channels, output_channels
 from onnxopt.ir.shapes import ShapeInfo
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,9 @@ class CleanupPass(Pass[CleanupOptions]):
 
 def _fold_batchnorms(graph: onnx.GraphProto, skipped: list[str]) -> int:
     folded = 0
+    index, names = GraphIndex(graph), Names(graph)  # built once, kept current by _rewire
     for bn in [n for n in graph.node if n.op_type == "BatchNormalization" and is_onnx_domain(n)]:
-        index = GraphIndex(graph)
-        reason = _fold_one(graph, index, bn)
+        reason = _fold_one(graph, index, names, bn)
         if reason is None:
             folded += 1
         else:
@@ -106,7 +107,7 @@ def _fold_batchnorms(graph: onnx.GraphProto, skipped: list[str]) -> int:
     return folded
 
 
-def _fold_one(graph: onnx.GraphProto, index: GraphIndex, bn: onnx.NodeProto) -> str | None:
+def _fold_one(graph: onnx.GraphProto, index: GraphIndex, names: Names, bn) -> str | None:
     if len([o for o in bn.output if o]) != 1 or node_attr(bn, "training_mode", 0):
         return "training-mode BatchNormalization"
     layer = index.producer.get(bn.input[0])
@@ -132,7 +133,8 @@ def _fold_one(graph: onnx.GraphProto, index: GraphIndex, bn: onnx.NodeProto) -> 
         return folded
     new_weight, effective_bias = folded
     new_bias = (effective_bias - mean) * mult + beta
-    _rewire(graph, layer, bn, new_weight.astype(weight.dtype), new_bias.astype(weight.dtype))
+    new_weight, new_bias = new_weight.astype(weight.dtype), new_bias.astype(weight.dtype)
+    _rewire(graph, index, names, layer, bn, new_weight, new_bias)
     return None
 
 
@@ -143,7 +145,7 @@ def _folded_weights(layer, weight, bias, mult, channels):
     if layer.op_type == "Conv":
         if w.shape[0] != channels or b.shape != (channels,):
             return "channel counts differ"
-        return w * mult.reshape(-1, *([1] * (w.ndim - 1))), b
+        return w * along_output_channels(mult, layer, w.ndim), b
     if layer.op_type == "ConvTranspose":
         group = int(node_attr(layer, "group", 1))
         c_in, per_group = w.shape[:2]
@@ -152,22 +154,25 @@ def _folded_weights(layer, weight, bias, mult, channels):
         grouped = w.reshape(group, c_in // group, per_group, *w.shape[2:])
         scaled = grouped * mult.reshape(group, 1, per_group, *([1] * (w.ndim - 2)))
         return scaled.reshape(w.shape), b
-    trans_b = bool(node_attr(layer, "transB", 0))
-    out_features = w.shape[0] if trans_b else w.shape[1]
-    if out_features != channels or b.size not in (1, channels):
+    if output_channels(layer, w) != channels or b.size not in (1, channels):
         return "Gemm bias is not per output feature"
     beta = float(node_attr(layer, "beta", 1.0))
-    scaled = w * mult[:, None] if trans_b else w * mult[None, :]
+    scaled = w * along_output_channels(mult, layer, w.ndim)
     return scaled, beta * np.broadcast_to(b.reshape(-1), (channels,))
 
 
-def _rewire(graph, layer, bn, weight, bias) -> None:
-    """Point the layer at new weight/bias initializers and let it produce the BN's output."""
+def _rewire(graph, index: GraphIndex, names: Names, layer, bn, weight, bias) -> None:
+    """Point the layer at new weight/bias initializers and let it produce the BN's output;
+    `index` is told of each edit."""
     prefix = layer.name or layer.output[0]
-    names = Names(graph)
     weight_name = names.fresh(f"{prefix}.weight_bnfolded")
     bias_name = names.fresh(f"{prefix}.bias_bnfolded")
-    graph.initializer.extend([make_tensor(weight_name, weight), make_tensor(bias_name, bias)])
+    tensors = [make_tensor(weight_name, weight), make_tensor(bias_name, bias)]
+    graph.initializer.extend(tensors)
+    for tensor in tensors:
+        index.add(tensor)
+    index.forget(layer)
+    index.forget(bn)
     layer.input[1] = weight_name
     if len(layer.input) > 2:
         layer.input[2] = bias_name
@@ -177,6 +182,7 @@ def _rewire(graph, layer, bn, weight, bias) -> None:
         set_attribute(layer, "beta", 1.0)
     layer.output[0] = bn.output[0]
     graph.node.remove(bn)
+    index.learn(layer)
 
 
 def _remove_passthrough(graph: onnx.GraphProto, shapes: ShapeInfo, skipped: list[str]) -> int:

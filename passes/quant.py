@@ -1,6 +1,7 @@
 """`quant`: static int8 quantization in QDQ form that ONNX Runtime fuses into int8 kernels.
 
-Steps: prepare (BatchNorm/constant folding via `cleanup`, node names), plan (which nodes run in
+Steps: prepare (node names; with `prepare`, the pass manager runs `cleanup` right before this
+pass for BatchNorm and constant folding, see `QuantPass.prerequisites`), plan (which nodes run in
 int8, see `onnxopt.quantization.plan`), calibrate (streaming min/max or histograms of the
 planned tensors on the calibration data), fidelity techniques (channel equalization before
 calibration; GPTQ weight rounding, and optionally bias correction, after), QDQ rewrite, then
@@ -25,7 +26,6 @@ from __future__ import annotations
 import logging
 
 import onnx
-from onnxopt.passes.cleanup import CleanupPass
 
 from onnxopt.errors import PassRefused
 from onnxopt.infra.pass_base import Fidelity, Pass, PassContext, PassResult
@@ -35,7 +35,6 @@ from onnxopt.quantization.options import QuantOptions
 from onnxopt.quantization.rules import QUANTIZED_OP_TYPES
 from onnxopt.quantization.run import QuantRun
 from onnxopt.quantization.shared import materialize, restore, weight_peaks, weights_read
-from onnxopt.runtime.session import try_session
 
 __all__ = ["QuantOptions", "QuantPass"]
 
@@ -58,6 +57,13 @@ class QuantPass(Pass[QuantOptions]):
         ]
         return Fidelity(min_cosine=min(targets))
 
+    def prerequisites(self, model: onnx.ModelProto) -> tuple[str, ...]:
+        """`cleanup` (BatchNorm and constant folding) first when `prepare` is on, unless the
+        model is one this pass declines."""
+        if not self.options.prepare or decline_reason(model) is not None:
+            return ()
+        return ("cleanup",)
+
     def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
         super().check_applicable(model, ctx)
         if ctx.provider not in ("cpu", "cuda"):
@@ -71,8 +77,6 @@ class QuantPass(Pass[QuantOptions]):
         run = QuantRun(self.options, ctx.provider, data)
         ensure_node_names(model.graph)
         model, shared = materialize(model)
-        if self.options.prepare:
-            model = self._prepare(model, ctx, run)
         read = weights_read(model, shared)
         run.frozen = frozenset(read)
         run.weight_peaks = weight_peaks(model, read)
@@ -84,19 +88,6 @@ class QuantPass(Pass[QuantOptions]):
             run.skipped.extend(left_plain)
             run.stats["codebook_weights"] = len(shared)
         return PassResult(quantized, True, run.stats, run.skipped)
-
-    def _prepare(self, model: onnx.ModelProto, ctx: PassContext, run) -> onnx.ModelProto:
-        """`model` after cleanup, or as it is when ONNX Runtime cannot load the cleaned one
-        (cleanup's own gate is not run here, and calibration needs a session)."""
-        prepared = CleanupPass().apply(model, ctx)
-        run.skipped.extend(f"prepare (cleanup): {reason}" for reason in prepared.skipped)
-        if not prepared.changed:
-            return prepared.model
-        outcome = try_session(prepared.model, ctx.provider)
-        if outcome.error is not None:
-            run.skipped.append(f"prepare (cleanup) not used: {outcome.error}")
-            return model
-        return prepared.model
 
 
 def decline_reason(model: onnx.ModelProto) -> str | None:

@@ -109,6 +109,18 @@ def random_feed(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict[s
     return feed
 
 
+def run_pass(pass_, model: onnx.ModelProto, ctx):
+    """`pass_.run` after the passes it asks for (`Pass.prerequisites`), each run alone as the
+    pass manager would run it, without the manager's gates."""
+    from onnxopt.infra.pipeline import parse_pipeline
+    from onnxopt.infra.registry import get_pass_class
+
+    for text in pass_.prerequisites(model):
+        for step in parse_pipeline(text).steps:
+            model = get_pass_class(step.name)(step.options).run(model, ctx).model
+    return pass_.run(model, ctx)
+
+
 def float_model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
     """A model of `nodes` with float32 inputs/outputs given as (name, shape) pairs, at an IR
     version ONNX Runtime loads."""

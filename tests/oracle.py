@@ -46,6 +46,8 @@ class Outcome:
     message: str = ""
     records: list[tuple[str, str, str]] = field(default_factory=list)  # (pass, status, reason)
     output: Path | None = None
+    steps: list[tuple[str, str, str]] = field(default_factory=list)
+    """The records of the pipeline's own steps (without those a pass asked for before it)."""
 
     @property
     def changed(self) -> bool:
@@ -84,7 +86,10 @@ def run_pipeline(
         outcome = Outcome("crashed", f"{type(exc).__name__}: {exc}")
     else:
         records = [(r.name, r.status, r.reason or "") for r in result.report.passes]
-        outcome = Outcome("ran", records=records, output=result.output)
+        steps = [
+            rec for rec, r in zip(records, result.report.passes, strict=True) if not r.required_by
+        ]
+        outcome = Outcome("ran", records=records, output=result.output, steps=steps)
     assert model.SerializeToString() == before, "the input model was modified in memory"
     return outcome
 

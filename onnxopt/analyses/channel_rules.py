@@ -26,6 +26,7 @@ from onnxopt.analyses.channel_moves import (
     unsqueeze,
 )
 from onnxopt.ir.graph import node_attr
+from onnxopt.ir.layers import node_output_channel_axis
 
 Rule = Callable[[Builder, int, onnx.NodeProto], None]
 
@@ -105,8 +106,8 @@ def gemm(b: Builder, position: int, node: onnx.NodeProto) -> None:
         return b.refuse(node, "has a non-constant weight or transposed input")
     if x is not None and x.axis != 1:
         return b.refuse(node, "reads features that are not on axis 1")
-    trans_b = bool(node_attr(node, "transB", 0))
-    in_axis, out_axis = (1, 0) if trans_b else (0, 1)
+    out_axis = node_output_channel_axis(node, w.ndim)
+    in_axis = 1 - out_axis
     out = node.output[0]
     features = w.shape[out_axis]
     params = [ParamSlice(1, out_axis, out)]

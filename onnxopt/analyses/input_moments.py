@@ -15,7 +15,7 @@ import onnx
 
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex, node_attr
-from onnxopt.ir.layers import conv_output_size
+from onnxopt.ir.layers import conv_output_size, conv_windows
 from onnxopt.runtime.probe import TensorProbe
 
 
@@ -92,8 +92,8 @@ def layer_columns(layer: LayerInput, shape: tuple[int, ...]) -> int:
 def patches(x: np.ndarray, layer: LayerInput, step: int = 1) -> np.ndarray:
     """Conv input (N, C, H, W) -> (C, k*k, positions) float32; columns ordered as the weight's.
     Every `step`-th output row and column is taken."""
-    top, left, bottom, right = layer.pads
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+    _, left, _, right = layer.pads
+    (kh, kw), (sh, sw), dw = layer.kernel, layer.strides, layer.dilations[1]
     n, c = x.shape[:2]
     taps = _row_taps(x.shape, layer, step)
     if taps.size < x.shape[2]:
@@ -102,15 +102,12 @@ def patches(x: np.ndarray, layer: LayerInput, step: int = 1) -> np.ndarray:
         # input, of which 16 positions per sample were kept.
         rows = np.take(x, np.clip(taps, 0, x.shape[2] - 1), axis=2)
         rows[:, :, (taps < 0) | (taps >= x.shape[2])] = 0
-        rows = np.pad(rows, ((0, 0), (0, 0), (0, 0), (left, right)))
-        windows = np.lib.stride_tricks.sliding_window_view(rows, dw * (kw - 1) + 1, axis=3)
-        windows = windows[:, :, :, :: sw * step, ::dw]  # N, C, sampled rows * kh, Wo, kw
+        windows = conv_windows(rows, (0, left, 0, right), (1, kw), (1, dw))
+        windows = windows[:, :, :, :: sw * step, 0]  # N, C, sampled rows * kh, Wo, kw
         windows = windows.reshape(n, c, -1, kh, *windows.shape[3:]).transpose(0, 1, 2, 4, 3, 5)
     else:
-        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-        span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-        windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=(2, 3))
-        windows = windows[:, :, :: sh * step, :: sw * step, ::dh, ::dw]
+        windows = conv_windows(x, layer.pads, layer.kernel, layer.dilations)
+        windows = windows[:, :, :: sh * step, :: sw * step]
     # windows: N, C, Ho, Wo, kh, kw
     return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3), np.float32).reshape(
         c, kh * kw, -1

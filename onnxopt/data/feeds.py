@@ -216,6 +216,19 @@ def feeds_up_to(data: Iterable[Feed], max_samples: int | None) -> Iterator[Feed]
             return
 
 
+def feeds_cut_at(data: Iterable[Feed], samples: int) -> Iterator[Feed]:
+    """The batches of `data` holding its first `samples` samples: the last one cut to fit
+    (`feeds_up_to` keeps it whole)."""
+    seen = 0
+    for feed in data:
+        if seen >= samples:
+            return
+        rows = feed_rows(feed)
+        take = min(rows, samples - seen)
+        yield {k: v[:take] for k, v in feed.items()} if take < rows else feed
+        seen += take
+
+
 def take_rows(pending: list[Feed], count: int) -> tuple[Feed, list[Feed]]:
     """The first `count` rows of the pending chunks, and what is left of them."""
     names = list(pending[0])

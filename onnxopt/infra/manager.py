@@ -1,4 +1,8 @@
-"""Runs a pipeline: each pass on a copy, then the gates; a pass that fails them is rolled back."""
+"""Runs a pipeline: each pass on a copy, then the gates; a pass that fails them is rolled back.
+
+The steps a pass asks for (`Pass.prerequisites`, e.g. quant's cleanup) run right before it as
+passes of their own, unless the pipeline just ran them.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from onnxopt.errors import CheckFailed, OnnxoptError, PassCrashed
 from onnxopt.infra import checks
 from onnxopt.infra.instrument import Instrument, PassResources
 from onnxopt.infra.pass_base import Pass, PassContext
-from onnxopt.infra.pipeline import Pipeline
+from onnxopt.infra.pipeline import Pipeline, PipelineStep, parse_pipeline
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
 from onnxopt.infra.registry import get_pass_class
 from onnxopt.ir.shapes import check_tensor_sizes
@@ -91,21 +95,7 @@ class PassManager:
             calibration=plan.fit,
             original=model,
         )
-        current, session = model, start.session
-        versus_input = None  # the gate's fidelity when it compared to the input model
-        for index, (step, pass_) in enumerate(zip(self.pipeline.steps, self.passes, strict=True)):
-            previous = [s.name for s in self.pipeline.steps[:index]]
-            record = PassRecord(
-                name=pass_.name, step=step.to_text(), before=report.after or report.before
-            )
-            before = session
-            current, session = self._run_one(
-                pass_, current, session, ctx, data, record, previous, report
-            )
-            if session is not before:
-                versus_input = record.fidelity if before is start.session else None
-            report.passes.append(record)
-            report.after = record.after
+        current, session, versus_input = self._run_steps(model, start.session, ctx, data, report)
         report.after = model_stats(current)
         if versus_input is not None:
             report.fidelity = copy.deepcopy(versus_input)  # the only accepted change: its gate
@@ -117,7 +107,43 @@ class PassManager:
         write_metadata(output, report)
         return output, report
 
-    def _run_one(self, pass_, model, session, ctx, data, record, previous, report):
+    def _run_steps(self, model, start, ctx, data, report):
+        """Each pipeline step, after the steps it asks for; returns the accepted model, its
+        session, and the gate's fidelity when the only accepted change was compared to `start`."""
+        current, session = model, start
+        versus_input = None  # the gate's fidelity when it compared to the input model
+        ran: list[PipelineStep] = []
+        for step, pass_ in zip(self.pipeline.steps, self.passes, strict=True):
+            required = self._prerequisites(pass_, current, ran)
+            for run_step, runner, required_by in [*required, (step, pass_, "")]:
+                record = PassRecord(
+                    name=runner.name,
+                    step=run_step.to_text(),
+                    required_by=required_by,
+                    before=report.after or report.before,
+                )
+                before = session
+                current, session = self._run_one(
+                    runner, current, session, ctx, data, record, ran, report
+                )
+                if session is not before:
+                    versus_input = record.fidelity if before is start else None
+                report.passes.append(record)
+                report.after = record.after
+                ran.append(run_step)
+        return current, session, versus_input
+
+    def _prerequisites(
+        self, pass_: Pass, model: onnx.ModelProto, ran: list[PipelineStep]
+    ) -> list[tuple[PipelineStep, Pass, str]]:
+        """The steps `pass_` asks for right before it on `model`, unless they just ran."""
+        wanted = [s for text in pass_.prerequisites(model) for s in parse_pipeline(text).steps]
+        if not wanted or ran[-len(wanted) :] == wanted:
+            return []
+        return [(step, get_pass_class(step.name)(step.options), pass_.name) for step in wanted]
+
+    def _run_one(self, pass_, model, session, ctx, data, record, ran, report):
+        previous = [step.name for step in ran]
         for instrument in self.instruments:
             instrument.before_pass(pass_.name)
         snapshot = ctx.analyses.snapshot()
@@ -177,6 +203,8 @@ class PassManager:
         check_tensor_sizes(model)
         ctx = PassContext(calibration=self.calibration)
         for pass_ in self.passes:
+            for _, prerequisite, _ in self._prerequisites(pass_, model, []):
+                prerequisite.check_applicable(model, ctx)
             pass_.check_applicable(model, ctx)
 
     def _gate_samples(self, data: DataSource) -> int | None:

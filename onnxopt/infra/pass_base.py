@@ -103,6 +103,15 @@ class Pass(ABC, Generic[OptionsT]):
         """Whether this configuration of the pass needs calibration data."""
         return False
 
+    def prerequisites(self, model: onnx.ModelProto) -> tuple[str, ...]:
+        """Pipeline steps (text, e.g. "cleanup") to run right before this pass on `model`.
+
+        The manager runs each as a pass of its own (contract, instruments, gate, a report row)
+        unless the step that ran right before is already that step. A pass never runs another
+        pass by hand; it asks for it here.
+        """
+        return ()
+
     def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
         """Raise PassRefused/InputError when the pass cannot run on `model` at all."""
         opset = default_opset(model)

@@ -16,6 +16,8 @@ SCALARS = (bool, int, float, str, type(None))
 class PassRecord:
     name: str
     step: str
+    required_by: str = ""
+    """The pass that asked for this one to run right before it (empty: a pipeline step)."""
     status: str = "unchanged"  # changed | unchanged | rolled back
     reason: str = ""
     seconds: float = 0.0
@@ -31,13 +33,16 @@ class PassRecord:
         """The deterministic part (no timings) written into the model's metadata: scalar stats
         only, since per-tensor tables (`share` lists every weight) would add kilobytes to a
         file whose size may be the point; the JSON report keeps them."""
-        return {
+        summary = {
             "pass": self.step,
             "status": self.status,
             "reason": self.reason,
             "stats": {k: v for k, v in self.stats.items() if isinstance(v, SCALARS)},
             "skipped": len(self.skipped),
         }
+        if self.required_by:
+            summary["required_by"] = self.required_by
+        return summary
 
 
 @dataclass

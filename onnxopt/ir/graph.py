@@ -35,7 +35,8 @@ def is_onnx_domain(node: onnx.NodeProto) -> bool:
 
 
 class GraphIndex:
-    """Producers, consumers and constants of one GraphProto (read-only; rebuild after edits).
+    """Producers, consumers and constants of one GraphProto. Rebuild it after edits, or tell it
+    of each edited node (`forget` before the edit, `learn` after) and new initializer (`add`).
 
     Constants are initializers and outputs of Constant nodes: many exports (Paddle, older
     PyTorch) keep weights in Constant nodes.
@@ -52,13 +53,30 @@ class GraphIndex:
         # name, so the tensor can be neither renamed nor given another producer.
         self.subgraph_reads: set[str] = set()
         for node in graph.node:
-            for name in node.output:
-                if name:
-                    self.producer[name] = node
-            for name in set(node.input):
-                if name:
-                    self.consumers[name].append(node)
-            self.subgraph_reads |= subgraph_outer_reads(node)
+            self.learn(node)
+
+    def forget(self, node: onnx.NodeProto) -> None:
+        """Drop `node` as producer and consumer (before it is edited or removed)."""
+        for name in node.output:
+            if self.producer.get(name) is node:
+                del self.producer[name]
+        for name in set(node.input):
+            if name in self.consumers:  # by identity: protos compare equal by content
+                self.consumers[name] = [u for u in self.consumers[name] if u is not node]
+
+    def learn(self, node: onnx.NodeProto) -> None:
+        """Record `node` as producer and consumer (after it is added or edited)."""
+        for name in node.output:
+            if name:
+                self.producer[name] = node
+        for name in set(node.input):
+            if name:
+                self.consumers[name].append(node)
+        self.subgraph_reads |= subgraph_outer_reads(node)
+
+    def add(self, tensor: onnx.TensorProto) -> None:
+        """Record a new initializer."""
+        self.initializers[tensor.name] = tensor
 
     def is_constant(self, name: str) -> bool:
         if name in self.initializers:

@@ -1,6 +1,7 @@
 """Weighted-layer geometry, one copy for every engine: which axis of a weight indexes the
-layer's output channels, how many output channels it has, a convolution's explicit padding
-(`auto_pad` resolved) and its output size along one axis."""
+layer's output channels (and values shaped along it), how many output channels it has, a
+convolution's explicit padding (`auto_pad` resolved), its output size along one axis, and the
+input windows its kernel reads (im2col, as a view)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def output_channel_axis(op_type: str, trans_b: bool, weight_rank: int) -> int | 
 def node_output_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
     """`output_channel_axis` of `node`'s weight (its transB read from the node)."""
     return output_channel_axis(node.op_type, bool(node_attr(node, "transB", 0)), weight_rank)
+
+
+def along_output_channels(values: np.ndarray, node: onnx.NodeProto, weight_rank: int):
+    """`values` (one per output channel) shaped to broadcast along `node`'s weight's output
+    channel axis (Conv, Gemm, MatMul; a ConvTranspose's axis holds channels per group)."""
+    shape = [1] * weight_rank
+    shape[node_output_channel_axis(node, weight_rank)] = -1
+    return values.reshape(shape)
 
 
 def output_channels(node: onnx.NodeProto, weight: np.ndarray) -> int:
@@ -62,3 +71,15 @@ def conv_pads(node: onnx.NodeProto, sizes, kernel, strides, dilations) -> list[i
 def conv_output_size(size: int, before: int, after: int, kernel: int, stride: int, dilation: int):
     """Output length of a convolution along one spatial axis."""
     return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_windows(x: np.ndarray, pads, kernel, dilations) -> np.ndarray:
+    """The windows a 2-D convolution's kernel reads from its input `x` (N, C, H, W), padded by
+    `pads` (top, left, bottom, right): a read-only view (N, C, H', W', kh, kw) whose
+    [n, c, y, x] is the window starting at padded row y, column x, every start taken (a conv of
+    stride s reads every s-th one)."""
+    top, left, bottom, right = pads
+    (kh, kw), (dh, dw) = kernel, dilations
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    return np.lib.stride_tricks.sliding_window_view(padded, span, axis=(2, 3))[..., ::dh, ::dw]

@@ -4,13 +4,12 @@ importance, and consumer input covariances for the refit error."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import Consumer
-from onnxopt.data.sources import DataSource, Feed
+from onnxopt.data.feeds import feeds_cut_at
+from onnxopt.data.sources import DataSource
 from onnxopt.ir.graph import GraphIndex
 from onnxopt.ir.shapes import ShapeInfo, infer_shapes
 from onnxopt.pruning.rows import LayerRows
@@ -27,18 +26,6 @@ def tensor_probe(
     return TensorProbe(model, names, provider, dtypes=shapes.dtypes, only=True)
 
 
-def batches(data: DataSource, samples: int) -> Iterator[Feed]:
-    """The feeds of `data`, truncated to `samples` samples in all."""
-    seen = 0
-    for feed in data:
-        if seen >= samples:
-            return
-        rows = next(iter(feed.values())).shape[0]
-        take = min(rows, samples - seen)
-        yield {k: v[:take] for k, v in feed.items()} if take < rows else feed
-        seen += take
-
-
 def channel_moments(
     model: onnx.ModelProto,
     axes: dict[str, int],
@@ -50,7 +37,7 @@ def channel_moments(
     names = sorted(axes)
     reader = tensor_probe(model, names, provider)
     sums: dict[str, list] = {}
-    for feed in batches(data, samples):
+    for feed in feeds_cut_at(data, samples):
         for name, value in reader.read(feed).items():
             moved = np.moveaxis(np.asarray(value, np.float64), axes[name], 0)
             flat = moved.reshape(moved.shape[0], -1)
@@ -85,7 +72,7 @@ def consumer_grams(
     names = sorted({n for c in usable for n in (c.input, c.output)})
     reader = tensor_probe(model, names, provider)
     sums: dict[str, list] = {c.name: [0, 0.0, 0.0] for c in usable}
-    for batch, feed in enumerate(batches(data, samples)):
+    for batch, feed in enumerate(feeds_cut_at(data, samples)):
         values = reader.read(feed)
         for number, consumer in enumerate(usable):
             layer = rows[consumer.name]

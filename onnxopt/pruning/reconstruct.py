@@ -28,12 +28,13 @@ import numpy as np
 import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
+from onnxopt.data.feeds import feeds_cut_at
 from onnxopt.data.holdout import count_samples, row_range
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
 from onnxopt.ir.shapes import ShapeInfo, infer_shapes
-from onnxopt.pruning.activations import batches, tensor_probe
+from onnxopt.pruning.activations import tensor_probe
 from onnxopt.pruning.augment import augment
 from onnxopt.pruning.lstsq import MAX_MOVE, HeldOutRefit, RefitChoice
 from onnxopt.pruning.rows import LayerRows, Where, target_rows
@@ -182,7 +183,7 @@ class Reconstruction:
 
     def _feeds(self):
         """(held out?, feed): the fit samples' batches, then the held-out ones."""
-        fit = batches(self.data.fit, self.settings.samples)
+        fit = feeds_cut_at(self.data.fit, self.settings.samples)
         previous = None
         for batch, feed in enumerate(fit):
             yield False, feed

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxopt.ir.graph import node_attr
-from onnxopt.ir.layers import conv_pads
+from onnxopt.ir.layers import conv_pads, conv_windows
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,12 @@ class LayerRows:
 
     def _patches(self, x: np.ndarray, where: Where) -> np.ndarray:
         node = self.node
-        kh, kw = self.kernel
         sh, sw = node_attr(node, "strides", [1, 1])
         dh, dw = node_attr(node, "dilations", [1, 1])
         top, left, bottom, right = conv_pads(node, x.shape[2:], self.kernel, (sh, sw), (dh, dw))
-        xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-        iy = (where.oy * sh)[:, None, None] + (np.arange(kh) * dh)[None, :, None]
-        ix = (where.ox * sw)[:, None, None] + (np.arange(kw) * dw)[None, None, :]
-        patches = xp[where.n[:, None, None], :, iy, ix]  # (rows, kh, kw, C)
-        return patches.transpose(0, 3, 1, 2).reshape(len(where.n), -1)
+        windows = conv_windows(x, (top, left, bottom, right), self.kernel, (dh, dw))
+        patches = windows[where.n, :, where.oy * sh, where.ox * sw]  # (rows, C, kh, kw)
+        return patches.reshape(len(where.n), -1)
 
 
 def target_rows(y_shape: tuple | None, op_type: str, positions: int) -> int:

@@ -21,7 +21,6 @@ from onnxopt.data.sources import DataSource
 from onnxopt.errors import InputError
 from onnxopt.ir.shapes import ShapeInfo
 from onnxopt.pruning.activations import channel_moments, consumer_grams
-from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.importance import (
     activation_importance,
     bn_importance,
@@ -41,6 +40,7 @@ from onnxopt.pruning.select import (
     select_by_ratio,
 )
 from onnxopt.pruning.sensitivity import loss_curves, probe_groups
+from onnxopt.runtime.fidelity import ReferenceScorer
 
 
 class PruneRun:
@@ -205,15 +205,15 @@ class PruneRun:
         data = refit_data(self._data(), settings)
         probe = None
         if data.held_out is not None:
-            probe = FidelityProbe(teacher, data.held_out, self.provider)
-            stats["fidelity_data"] = f"{probe.description}, not fitted by the refit"
-            stats["before_reconstruction"] = probe.measure(pruned)
+            probe = ReferenceScorer(teacher, data.held_out, None, self.provider)
+            stats["fidelity_data"] = f"{data.held_out.description}, not fitted by the refit"
+            stats["before_reconstruction"] = probe.worst(pruned)
         pruned, refit_stats = reconstruct(
             teacher, pruned, groups, keep, changed, data, settings, self.shapes
         )
         stats.update(refit_stats)
         if probe is not None:
-            stats["after_reconstruction"] = probe.measure(pruned)
+            stats["after_reconstruction"] = probe.worst(pruned)
         return pruned
 
 

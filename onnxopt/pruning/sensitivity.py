@@ -27,10 +27,10 @@ from onnxopt.analyses.channel_groups import ChannelGroups
 from onnxopt.data.feeds import feed_rows, feeds_up_to, take_rows
 from onnxopt.data.sources import DataSource, Feed, IterableSource, input_specs
 from onnxopt.ir.shapes import ShapeInfo
-from onnxopt.pruning.fidelity import FidelityProbe
 from onnxopt.pruning.reconstruct import RefitData, RefitSettings, reconstruct
 from onnxopt.pruning.rewrite import apply_keep, changed_tensors
 from onnxopt.pruning.select import Keep, top_channels
+from onnxopt.runtime.fidelity import ReferenceScorer
 
 PROBE_SAMPLES = 32
 """Calibration samples each probe refits on; as many again (the next ones) measure it."""
@@ -73,7 +73,7 @@ def probe_groups(
         return {}
     specs = input_specs(teacher)
     fit = RefitData(IterableSource(split[0], specs), None)  # the probe's own held-out judges
-    held = FidelityProbe(teacher, IterableSource(split[1], specs), provider)
+    held = ReferenceScorer(teacher, IterableSource(split[1], specs), None, provider)
     refit = (
         None
         if settings is None
@@ -89,7 +89,7 @@ def probe_groups(
         if refit is not None:
             changed = changed_tensors(groups, keep)
             student, _ = reconstruct(teacher, student, groups, keep, changed, fit, refit, shapes)
-        loss = 1.0 - float(held.measure(student)["cosine"])
+        loss = 1.0 - float(held.worst(student)["cosine"])
         removed = len(score) - count
         probes[group] = Probe(removed, max(loss, 0.0))
     return probes

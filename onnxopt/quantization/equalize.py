@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from onnxopt.ir.graph import GraphIndex, Names, is_onnx_domain, node_attr
+from onnxopt.ir.layers import along_output_channels, output_channels
 from onnxopt.ir.qdq import add_initializers
 
 ALPHA = 0.5
@@ -185,15 +186,15 @@ def _layer_roles(f: _Finder, node: onnx.NodeProto):
     if op == "Conv":
         group = int(node_attr(node, "group", 1))
         reads = "conv" if group == 1 else "depthwise" if weight.shape[1] == 1 else None
-        return reads, (1, rank_out, weight.shape[0])
+        return reads, (1, rank_out, output_channels(node, weight))
     if op == "Gemm":
         if node_attr(node, "transA", 0) or weight.ndim != 2:
             return None
         trans_b = bool(node_attr(node, "transB", 0))
-        return ("gemm_t" if trans_b else "gemm"), (1, 2, weight.shape[0 if trans_b else 1])
+        return ("gemm_t" if trans_b else "gemm"), (1, 2, output_channels(node, weight))
     if weight.ndim != 2:
         return None
-    return "matmul", (rank_out - 1, rank_out, weight.shape[1])
+    return "matmul", (rank_out - 1, rank_out, output_channels(node, weight))
 
 
 def _relu_clip(index: GraphIndex, node: onnx.NodeProto) -> bool:
@@ -349,13 +350,8 @@ class Rescaler:
 
     def _producer(self, node: onnx.NodeProto, op: str, factors: np.ndarray) -> None:
         weight = self.value(node, 1)
-        if op == "Conv":
-            self.set(node, 1, weight / factors.reshape((-1,) + (1,) * (weight.ndim - 1)))
-        elif op == "Gemm":
-            trans_b = bool(node_attr(node, "transB", 0))
-            self.set(node, 1, weight / (factors[:, None] if trans_b else factors[None, :]))
-        elif op == "MatMul":
-            self.set(node, 1, weight / factors[None, :])
+        if op in ("Conv", "Gemm", "MatMul"):
+            self.set(node, 1, weight / along_output_channels(factors, node, weight.ndim))
         else:  # LayerNormalization: scale and bias
             self.set(node, 1, weight / factors)
         slot = 2

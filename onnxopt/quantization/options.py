@@ -50,7 +50,9 @@ class QuantOptions:
         "keep an image stem (3x3 Conv on an RGB graph input) and the depthwise block after it "
         "float on cpu: faster there",
     )
-    prepare: bool = option(True, "fold BatchNorm and constants (cleanup pass) before quantizing")
+    prepare: bool = option(
+        True, "have the pass manager run cleanup (BatchNorm, constant folding) right before"
+    )
     min_cosine: float = option(
         0.9, "roll back when the output cosine on real data falls below this", low=0.0, high=1.0
     )

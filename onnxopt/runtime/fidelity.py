@@ -3,7 +3,8 @@
 Metrics per output, accumulated while streaming (memory does not grow with the samples):
 max/mean absolute error, max error relative to the reference's range, cosine similarity,
 SNR in dB, and for 2-D logits top-1/top-5 agreement. `compare_sessions` reports them per
-output; `ReferenceScorer` scores many candidates against one reference (cached outputs).
+output; `ReferenceScorer` scores many candidates against one reference (cached outputs): per
+output (`compare`, `worst`) or all outputs together (`score`).
 `onnxopt.runtime.validate` judges a report against thresholds.
 """
 
@@ -276,6 +277,29 @@ class ReferenceScorer:
             kept.append(outputs)
             yield outputs
         self.cache = kept if size <= self.max_cached_bytes else None
+
+    def compare(self, model: onnx.ModelProto) -> FidelityReport:
+        """Per-output fidelity of `model` against the reference, as `compare_sessions` gives it."""
+        session = make_session(model, self.provider, options=session_options(spinning=False))
+        names = [o.name for o in self.reference.get_outputs()]
+        matched = matched_outputs(names, [o.name for o in session.get_outputs()])
+        references = self._references()
+        return compare_runners(
+            lambda feed: next(references),
+            lambda feed: session.run(matched, feed),
+            names,
+            self.data,
+            limit_samples=self.max_samples,
+        )
+
+    def worst(self, model: onnx.ModelProto) -> dict[str, float | None]:
+        """The worst output cosine and top-1 agreement of `compare`, rounded for pass stats."""
+        report = self.compare(model)
+        top1 = report.worst("top1")
+        return {
+            "cosine": round(float(report.worst("cosine")), 6),
+            "top1_agreement": None if top1 is None else round(float(top1), 6),
+        }
 
     def score(self, model: onnx.ModelProto) -> Score:
         session = make_session(model, self.provider, options=session_options(spinning=False))

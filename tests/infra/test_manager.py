@@ -14,7 +14,8 @@ from onnxopt import api
 from onnxopt.errors import CheckFailed, OptionError, PassCrashed, PassRefused
 from onnxopt.infra import checks
 from onnxopt.infra.analysis import AnalysisCache
-from onnxopt.infra.manager import GATE_CALIBRATION_SAMPLES
+from onnxopt.infra.instrument import Instrument
+from onnxopt.infra.manager import GATE_CALIBRATION_SAMPLES, PassManager
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassResult
 from onnxopt.infra.pipeline import parse_pipeline
@@ -113,6 +114,64 @@ class _NeedsNewOpset(Pass):
 
     def apply(self, model, ctx):
         return PassResult(model, False)
+
+
+@register_pass
+class _NeedsCleanupPass(Pass):
+    """Test pass: asks for `cleanup{fold_bn=false}` right before it when `prepare` is on."""
+
+    name = "test-needs-cleanup"
+    summary = "test only"
+    Options = _CountOptions
+
+    def prerequisites(self, model):
+        return ("cleanup{fold_bn=false}",) if self.options.touch else ()
+
+    def apply(self, model, ctx):
+        return PassResult(model, False)
+
+
+class _Names(Instrument):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def before_pass(self, name: str) -> None:
+        self.seen.append(name)
+
+
+def _run_steps(pipeline: str) -> tuple[list[tuple[str, str, str]], list[str], dict]:
+    names = _Names()
+    manager = PassManager(parse_pipeline(pipeline), instruments=[names])
+    model, report = manager.run(_relu_model())
+    rows = [(r.step, r.required_by, r.status) for r in report.passes]
+    props = {p.key: p.value for p in model.metadata_props}
+    return rows, names.seen, props
+
+
+def test_a_prerequisite_runs_through_the_manager_right_before_the_pass_that_asks():
+    rows, seen, props = _run_steps("test-needs-cleanup{touch=true}")
+    assert rows == [
+        ("cleanup{fold_bn=false}", "test-needs-cleanup", "unchanged"),
+        ("test-needs-cleanup{touch=true}", "", "unchanged"),
+    ]
+    assert seen == ["cleanup", "test-needs-cleanup"]  # instruments see it as a pass of its own
+    summary = json.loads(props["onnxopt.passes"])
+    assert summary[0]["required_by"] == "test-needs-cleanup"
+    assert "required_by" not in summary[1]
+    assert props["onnxopt.pipeline"].startswith("test-needs-cleanup{")  # as the user wrote it
+
+
+def test_a_prerequisite_that_just_ran_does_not_run_again():
+    rows, _, _ = _run_steps("cleanup{fold_bn=false},test-needs-cleanup{touch=true}")
+    assert [r[0] for r in rows] == ["cleanup{fold_bn=false}", "test-needs-cleanup{touch=true}"]
+    rows, _, _ = _run_steps("cleanup,test-needs-cleanup{touch=true}")  # other options: runs
+    assert [r[:2] for r in rows] == [
+        ("cleanup", ""),
+        ("cleanup{fold_bn=false}", "test-needs-cleanup"),
+        ("test-needs-cleanup{touch=true}", ""),
+    ]
+    rows, _, _ = _run_steps("test-needs-cleanup,test-needs-cleanup{touch=true}")
+    assert [r[1] for r in rows] == ["", "test-needs-cleanup", ""]
 
 
 def test_pass_that_changes_outputs_is_rolled_back():

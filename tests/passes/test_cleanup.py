@@ -123,6 +123,45 @@ def test_gemm_batchnorm_folds_exactly(trans_b):
     _assert_same_outputs(model, after)
 
 
+def test_batchnorms_in_a_row_fold_one_after_another_with_one_graph_index(monkeypatch):
+    from onnxopt.passes import cleanup as cleanup_module
+
+    built = []
+
+    class CountingIndex(cleanup_module.GraphIndex):
+        def __init__(self, graph):
+            built.append(graph)
+            super().__init__(graph)
+
+    monkeypatch.setattr(cleanup_module, "GraphIndex", CountingIndex)
+    rng = np.random.default_rng(4)
+    model = _graph_model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            _bn_node("c", "b1", "bn1"),
+            _bn_node("b1", "b2", "bn2"),
+            helper.make_node("Conv", ["b2", "w2"], ["d"], name="conv2"),
+            _bn_node("d", "y", "bn3"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2"),
+            *_bn_params(rng, 4, "bn1"),
+            *_bn_params(rng, 4, "bn2"),
+            *_bn_params(rng, 2, "bn3"),
+        ],
+    )
+    result = _optimize(model)
+    assert _ops(result.model) == ["Conv", "Conv"]
+    assert result.report.passes[0].stats["bn_folded"] == 3
+    assert len(built) == 1
+    weights = {n.name: n.input[1] for n in result.model.graph.node}
+    assert weights == {"conv": "conv.weight_bnfolded_1", "conv2": "conv2.weight_bnfolded"}
+    _assert_same_outputs(model, result.model)
+
+
 def test_weights_in_constant_nodes_are_folded():
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)

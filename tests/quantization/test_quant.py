@@ -17,7 +17,7 @@ from onnxopt.infra.options import build_options
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.quantization.coverage import int8_coverage
 from onnxopt.runtime.session import make_session
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_pass
 from tests.conftest import float_model as _model
 from tests.quantization.test_quant_parts import stem_block_model
 
@@ -27,7 +27,7 @@ DIGITS_VAL = REPO / "examples" / "digits_val.npz"
 def quantize(model, calib, **options):
     ctx = PassContext(calibration=calib)
     opts = build_options(QuantOptions, options, "quant")
-    return QuantPass(opts).run(model, ctx)
+    return run_pass(QuantPass(opts), model, ctx)
 
 
 def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -323,15 +323,33 @@ def _random(model: onnx.ModelProto) -> RandomSource:
     return RandomSource(input_specs(model), seed=0, batches=4)
 
 
+def test_quant_has_the_manager_run_cleanup_right_before_it_once(digits_model, digits_calib):
+    from onnxopt import api
+
+    alone = api.optimize(digits_model, None, passes="quant", calib=digits_calib).report
+    assert [(r.name, r.required_by, r.status) for r in alone.passes] == [
+        ("cleanup", "quant", "changed"),
+        ("quant", "", "changed"),
+    ]
+    assert alone.passes[0].stats["bn_folded"] > 0
+    assert alone.passes[0].fidelity is not None  # gated like any pass
+    after = api.optimize(digits_model, None, passes="cleanup,quant", calib=digits_calib).report
+    assert [(r.name, r.required_by) for r in after.passes] == [("cleanup", ""), ("quant", "")]
+    unprepared = api.optimize(
+        digits_model, None, passes="quant{prepare=false}", calib=digits_calib
+    ).report
+    assert [r.name for r in unprepared.passes] == ["quant"]
+
+
 def test_quant_uses_the_model_as_given_when_ort_cannot_load_its_cleaned_copy(
     digits_model, digits_calib, monkeypatch
 ):
-    from onnxopt.passes import quant as quant_module
+    from onnxopt.passes import cleanup as cleanup_module
 
     from onnxopt import api
     from onnxopt.infra.pass_base import PassResult
 
-    cleanup_apply = quant_module.CleanupPass.apply
+    cleanup_apply = cleanup_module.CleanupPass.apply
 
     def unloadable_cleanup(self, model, ctx):
         result = cleanup_apply(self, model, ctx)
@@ -339,9 +357,14 @@ def test_quant_uses_the_model_as_given_when_ort_cannot_load_its_cleaned_copy(
         broken.CopyFrom(result.model)
         first = broken.graph.node[0].output[0]
         broken.graph.node.append(helper.make_node("Nope", [first], ["x"], domain="no.such"))
+        broken.opset_import.append(helper.make_opsetid("no.such", 1))  # passes the checker
         return PassResult(broken, True, result.stats, result.skipped)
 
-    monkeypatch.setattr(quant_module.CleanupPass, "apply", unloadable_cleanup)
-    record = api.optimize(digits_model, None, passes="quant", calib=digits_calib).report.passes[0]
-    assert record.status == "changed"
-    assert any("prepare (cleanup) not used: onnxruntime session" in s for s in record.skipped)
+    monkeypatch.setattr(cleanup_module.CleanupPass, "apply", unloadable_cleanup)
+    cleanup, quant = api.optimize(
+        digits_model, None, passes="quant", calib=digits_calib
+    ).report.passes
+    assert (cleanup.required_by, cleanup.status) == ("quant", "rolled back")
+    assert "onnxruntime" in cleanup.reason
+    assert quant.status == "changed"
+    assert quant.before == cleanup.before  # quant ran on the model as given

@@ -27,7 +27,7 @@ from onnxopt.quantization.coverage import int8_coverage
 from onnxopt.quantization.plan import PlanConfig, make_plan
 from onnxopt.runtime.probe import expose_tensors
 from onnxopt.runtime.session import make_session, session_options
-from tests.conftest import float_model
+from tests.conftest import float_model, run_pass
 
 # --- GPTQ input moments -------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ def test_int8_inputs_are_dequantized_and_gemm_shift_uses_alpha_and_trans_b():
 def _quantize(model, **options):
     calib = RandomSource(input_specs(model), seed=0, batches=2, batch=4)
     ctx = PassContext(calibration=calib)
-    return QuantPass(build_options(QuantOptions, options, "quant")).run(model, ctx)
+    return run_pass(QuantPass(build_options(QuantOptions, options, "quant")), model, ctx)
 
 
 def test_image_stem_stays_float_without_a_guard_and_the_rest_runs_int8(convbnrelu_path):

@@ -14,7 +14,8 @@ import pytest
 from onnxopt import api
 from onnxopt.data.sources import IterableSource, input_specs
 from onnxopt.errors import CheckFailed, InputError
-from onnxopt.runtime.fidelity import compare_runners
+from onnxopt.runtime.fidelity import ReferenceScorer, compare_runners, compare_sessions
+from onnxopt.runtime.session import make_session
 from onnxopt.runtime.validate import Thresholds, threshold_failures
 from tests.conftest import run_cli
 
@@ -70,6 +71,21 @@ def test_metrics_accumulate_across_batches_like_one_batch():
     expected_cos = float(ref.ravel() @ cand.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(cand))
     assert whole.cosine == pytest.approx(expected_cos, rel=1e-12)
     assert whole.mean_abs == pytest.approx(float(np.abs(noise).mean()), rel=1e-12)
+
+
+def test_reference_scorer_compares_per_output_like_compare_sessions():
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((3, 4)).astype(np.float32)} for _ in range(2)]
+    data = IterableSource(feeds, input_specs(scale_model(1.0)))
+    reference, candidate = scale_model(1.0), scale_model(-0.5, output="z")  # another name
+    scorer = ReferenceScorer(reference, data, None)
+    direct = compare_sessions(make_session(reference), make_session(candidate), data)
+    assert scorer.compare(candidate).to_dict() == direct.to_dict()
+    assert scorer.worst(candidate) == {
+        "cosine": round(direct.worst("cosine"), 6),
+        "top1_agreement": round(direct.worst("top1"), 6),
+    }
+    assert scorer.worst(reference) == {"cosine": 1.0, "top1_agreement": 1.0}
 
 
 def test_top1_and_top5_agreement():
