@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,6 +37,45 @@ EFFICIENTNET_BASES = ("quant",)
 def pipelines_for(model: str, bases: list[str]) -> list[str]:
     chosen = bases if model == "mobilenet_v2" else [b for b in bases if b in EFFICIENTNET_BASES]
     return [text for base in chosen for text in (base, f"{base},{DISTILL}")]
+
+
+TRANSFORMER_PIPELINES = ("quant", "quant,distill", "share{bits=4}", "share{bits=4},distill")
+
+
+def transformer_rows(tmp: Path, args) -> list[gen.Row]:
+    """The small transformer of the test zoo (random weights, input N x 16 x 32): calibrated
+    on standard normal sequences, measured on new ones and on sequences drawn wider and off
+    centre (1.5 x N(0, 1) + 0.3), which no calibration sample resembles as closely."""
+    import numpy as np
+
+    from onnxopt.api import optimize, validate
+    from tests.zoo import make_tiny_transformer_onnx
+
+    fp32 = make_tiny_transformer_onnx(tmp / "transformer.onnx", seed=0)
+    rng = np.random.default_rng(21)
+    sets = {"calib": rng.standard_normal((args.calib_samples, 16, 32)),
+            "new_crops": rng.standard_normal((args.eval_samples, 16, 32)),
+            "other_photos": 1.5 * rng.standard_normal((args.eval_samples, 16, 32)) + 0.3}
+    paths = {}
+    for name, array in sets.items():
+        paths[name] = tmp / f"transformer_{name}.npz"
+        np.savez(paths[name], input=array.astype(np.float32))
+    rows = []
+    for index, text in enumerate(TRANSFORMER_PIPELINES):
+        row, out = gen.Row("transformer", text), tmp / f"transformer_{index}.onnx"
+        began = time.perf_counter()
+        result = optimize(fp32, out, passes=text, calib=paths["calib"], seed=gen.SEED)
+        row.optimize_seconds = time.perf_counter() - began
+        row.passes = [{"step": p.step, "status": p.status, "reason": p.reason}
+                      for p in result.report.passes]
+        row.status = gen.pass_status(row.passes)
+        row.peak_rss_mb = max(p.peak_rss_mb for p in result.report.passes)
+        for name in ("new_crops", "other_photos"):
+            fidelity = validate(fp32, out, paths[name])
+            row.agreement[name] = {"top1": None, "cosine": fidelity.worst("cosine"),
+                                   "samples": fidelity.samples}
+        rows.append(row)
+    return rows
 
 
 def table(rows: list[gen.Row]) -> str:
@@ -79,7 +119,10 @@ calibration photos (seed {gen.NEW_SEED}) and {args.eval_samples} crops of **othe
 Speed-up: fp32 latency over the model's, interleaved in one process, batch 1, 2 threads,
 {args.runs} rounds. Optimize time: wall time of the whole pipeline with its checks; peak RSS:
 the largest peak resident memory of its passes. 2 CPU cores. EfficientNet-Lite0 has random
-weights (see bench_generalization) and runs with `min_cosine=0`.
+weights (see bench_generalization) and runs with `min_cosine=0`. The small transformer
+(random weights, `transformer_rows` in the script) is calibrated on standard normal sequences
+and measured on new ones ("new crops" column) and on wider, shifted ones ("other photos"
+column); its output has no class axis (cosine only).
 
 {body}"""
 
@@ -94,6 +137,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
+    parser.add_argument("--no-transformer", dest="transformer", action="store_false")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     gen.check_disjoint(args.calib_samples, args.eval_samples)
@@ -103,13 +147,21 @@ def main() -> None:
         for model in args.models:
             args.pipelines, args.audit = pipelines_for(model, bases), False
             results[model] = gen.measure_model(model, Path(name), args)
-            args.out.mkdir(parents=True, exist_ok=True)
-            payload = {m: [asdict(r) for r in rs] for m, rs in results.items()}
-            (args.out / "results.json").write_text(json.dumps(payload, indent=1))
-    body = "\n\n".join(f"### {gen.TITLES[m]}\n\n{table(rows)}" for m, rows in results.items())
+            _save(results, args.out)
+        if args.transformer:
+            results["transformer"] = transformer_rows(Path(name), args)
+            _save(results, args.out)
+    titles = {**gen.TITLES, "transformer": "Small transformer (test zoo, random weights)"}
+    body = "\n\n".join(f"### {titles[m]}\n\n{table(rows)}" for m, rows in results.items())
     if not args.no_results:
         write_section(BEGIN, END, section(args, body))
     print(body)
+
+
+def _save(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {m: [asdict(r) for r in rs] for m, rs in results.items()}
+    (out / "results.json").write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

@@ -305,7 +305,8 @@ class ReferenceScorer:
         session = make_session(model, self.provider, options=session_options(spinning=False))
         joint, first = _Accumulator("outputs"), _Accumulator("first output")
         feeds = feeds_up_to(self.data, self.max_samples)
-        for feed, reference in zip(feeds, self._references(), strict=False):
+        # the references first: their generator must run to its end to fill the cache
+        for reference, feed in zip(self._references(), feeds, strict=False):
             outputs = session.run(None, feed)
             for ref, got in zip(reference, outputs, strict=True):
                 joint.update_sums(np.asarray(ref), np.asarray(got))
