@@ -22,6 +22,7 @@ from onnxopt.errors import OptionError
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.options import describe_options
 from onnxopt.infra.pipeline import Pipeline, load_pipeline_file, parse_pipeline
+from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.infra.records import RunReport
 from onnxopt.infra.registry import get_pass_class, pass_names
 from onnxopt.ir.io import (
@@ -61,6 +62,7 @@ def optimize(
     seed: int = 0,
     strict: bool = False,
     report: str | os.PathLike | None = None,
+    progress: PassProgress = no_progress,
 ) -> OptimizeResult:
     """Run a pipeline on `model`; write the result to `output` and the JSON report to `report`.
 
@@ -85,6 +87,7 @@ def optimize(
         calibration=open_data(calib, loaded.proto, seed=seed),
         validation=open_data(val, loaded.proto, seed=seed),
         holdout=holdout,
+        progress=progress,
     )
     optimized, run_report = manager.run(loaded.proto)
     run_report.input = str(loaded.path) if loaded.path else "<in-memory model>"

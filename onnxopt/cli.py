@@ -13,13 +13,13 @@ import click
 
 from onnxopt import __version__, api
 from onnxopt.errors import OnnxoptError
+from onnxopt.report.progress import progress_bar, terminal_progress
 from onnxopt.report.run import passes_lines, run_blocks
 from onnxopt.report.tables import (
     Block,
     Table,
     bench_blocks,
     fidelity_blocks,
-    progress_bar,
     summary_blocks,
     to_json,
 )
@@ -158,19 +158,21 @@ def optimize(
       onnxopt optimize model.onnx --passes 'cleanup{fold_limit_mb=8}' --calib calib.npz -o o.onnx
       onnxopt optimize model.onnx --config pipeline.yaml --val val.npz --report r.json -o o.onnx
     """
-    result = api.optimize(
-        model,
-        output,
-        passes=passes,
-        config=config,
-        calib=calib,
-        val=val,
-        holdout=holdout,
-        provider=provider,
-        seed=seed,
-        strict=strict,
-        report=report,
-    )
+    with terminal_progress(enabled=not ctx.obj["quiet"]) as progress:
+        result = api.optimize(
+            model,
+            output,
+            passes=passes,
+            config=config,
+            calib=calib,
+            val=val,
+            holdout=holdout,
+            provider=provider,
+            seed=seed,
+            strict=strict,
+            report=report,
+            progress=progress,
+        )
     if not ctx.obj["quiet"]:
         _print_blocks(run_blocks(result.report))
 

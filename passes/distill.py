@@ -62,7 +62,7 @@ class DistillPass(Pass[DistillOptions]):
             return PassResult(model, False, {}, ["no teacher: the pipeline's input model is "
                                                  "not known here (use teacher=previous)"])
         run = DistillRun(self.options, ctx.provider, ctx.require_calibration(self.name),
-                         ctx.seed)
+                         ctx.seed, ctx.progress)
         trained = run.distill(model, teacher)
         if trained is None:
             return PassResult(model, False, run.stats, run.skipped)

@@ -58,4 +58,4 @@ def test_import_contracts_hold_and_no_cycles(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "Contracts: 2 kept, 0 broken" in done.stdout
+    assert "Contracts: 3 kept, 0 broken" in done.stdout

@@ -22,6 +22,7 @@ from onnxopt.infra import checks
 from onnxopt.infra.instrument import Instrument, PassResources
 from onnxopt.infra.pass_base import Pass, PassContext
 from onnxopt.infra.pipeline import Pipeline, PipelineStep, parse_pipeline
+from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
 from onnxopt.infra.registry import get_pass_class
 from onnxopt.ir.shapes import check_tensor_sizes
@@ -56,6 +57,7 @@ class PassManager:
         validation: DataSource | None = None,
         holdout: float = HOLDOUT_FRACTION,
         instruments: Sequence[Instrument] = (),
+        progress: PassProgress = no_progress,
     ) -> None:
         self.pipeline = pipeline
         self.passes: list[Pass] = [
@@ -68,6 +70,7 @@ class PassManager:
         self.validation = validation
         self.holdout = holdout
         self.instruments = [PassResources(), *instruments]
+        self.progress = progress
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, RunReport]:
         """Optimize `model` (left unmodified) and return the new model with its report."""
@@ -94,6 +97,7 @@ class PassManager:
             seed=self.seed,
             calibration=plan.fit,
             original=model,
+            progress=self.progress,
         )
         current, session, versus_input = self._run_steps(model, start.session, ctx, data, report)
         report.after = model_stats(current)

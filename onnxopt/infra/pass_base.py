@@ -12,6 +12,7 @@ import onnx
 from onnxopt.errors import InputError, PassRefused
 from onnxopt.infra.analysis import AnalysisCache
 from onnxopt.infra.options import NoOptions
+from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.ir.graph import default_opset
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class PassContext:
     analyses: AnalysisCache = field(default_factory=AnalysisCache)
     original: onnx.ModelProto | None = None
     """The pipeline's input model, for passes that learn from it (distill's teacher)."""
+    progress: PassProgress = no_progress
 
     def require_calibration(self, pass_name: str) -> DataSource:
         if self.calibration is None:

@@ -1,23 +1,19 @@
 """Reports of inspect, validate and benchmark as printable blocks (lines and tables), JSON, CSV.
 
 Nothing here prints: the CLI prints the blocks (`onnxopt.report.terminal.print_table` draws a
-rich table on a TTY and aligned plain text otherwise). The progress bar draws on stderr, on a
-TTY only.
+rich table on a TTY and aligned plain text otherwise). Progress: `onnxopt.report.progress`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from onnxopt.analyses.summary import ModelSummary
-from onnxopt.runtime.bench import BenchReport, Progress
+from onnxopt.runtime.bench import BenchReport
 from onnxopt.runtime.fidelity import FidelityReport
 from onnxopt.units import human_bytes, human_count
 
@@ -190,17 +186,3 @@ def csv_text(rows: list[dict[str, object]]) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def progress_bar(label: str) -> Iterator[Progress | None]:
-    """A progress callback (fraction done) drawing on stderr when it is a TTY, else None."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import Progress as RichProgress
-
-    with RichProgress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=1.0)
-        yield lambda fraction: bar.update(task, completed=fraction)

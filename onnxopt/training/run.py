@@ -23,6 +23,7 @@ import onnx
 import torch
 
 from onnxopt.data.feeds import DataSource, Feed
+from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.ir.graph import constant_node_value, replace_constant
 from onnxopt.ir.shapes import infer_shapes
 from onnxopt.runtime.fidelity import compare_runners
@@ -65,6 +66,7 @@ class DistillRun:
     provider: str
     data: DataSource
     seed: int = 0
+    progress: PassProgress = no_progress
     stats: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -96,7 +98,7 @@ class DistillRun:
         train, stop = split_early_stop(load_samples(self.data), self.options.early_stop,
                                        self.seed)
         self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
-        trainer = Trainer(module, labeller, self.options, device, self.seed)
+        trainer = Trainer(module, labeller, self.options, device, self.seed, self.progress)
         best = trainer.fit(train, stop)
         self.stats.update(trainer.stats)
         if best is None:
@@ -201,8 +203,9 @@ class Trainer:
     """Adam with cosine decay on augmented batches; the best early-stopping epoch wins."""
 
     def __init__(self, module: GraphModule, labeller: Labeller, options: DistillOptions,
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int, progress: PassProgress = no_progress) -> None:
         self.module, self.labeller, self.options, self.device = module, labeller, options, device
+        self.progress = progress
         self.generator = torch.Generator().manual_seed(seed)
         self.stats: dict = {}
         latents = [p for item, p in module.named_trainables() if item.kind != "log_scale"]
@@ -228,6 +231,7 @@ class Trainer:
         began = time.monotonic()
         per_epoch = max(1, train.count // self.options.batch_size)
         total, step, epochs = per_epoch * self.options.epochs, 0, 0
+        detail = f"early-stop {_describe(start)}"
         while step < total and stale < self.options.patience:
             losses = []
             for rows in self._batches(train.count):
@@ -235,6 +239,7 @@ class Trainer:
                     break
                 losses.append(self._step(train.take(rows), step, total, outputs))
                 step += 1
+                self.progress("distill", step, total, detail)
             epochs += 1
             elapsed = time.monotonic() - began
             total = min(total, step + int((self.options.max_seconds - elapsed) * step / elapsed))
@@ -243,6 +248,7 @@ class Trainer:
             log.info("distill epoch %d: loss %.4f, early-stop %s, %.0f s, about %.0f s left",
                      epochs, np.mean(losses), score.to_dict(), elapsed,
                      elapsed / step * (total - step))
+            detail = f"epoch {epochs}: loss {np.mean(losses):.4f}, early-stop {_describe(score)}"
             if score.key() > best.key():
                 best, best_state, stale = score, _state(self.module), 0
             else:
