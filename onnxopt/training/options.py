@@ -21,7 +21,7 @@ class DistillOptions:
                        low=1e-8, high=1.0)
     scale_lr: float = option(1e-3, "Adam learning rate of log activation scales", low=0.0,
                              high=1.0)
-    batch_size: int = option(32, "samples per step", low=1, high=4096)
+    batch_size: int = option(16, "samples per step", low=1, high=4096)
     temperature: float = option(2.0, "softening of class outputs in the KL term", low=0.1,
                                 high=100.0)
     feature_weight: float = option(
