@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from onnxopt.ir.layers import conv_pads
 from onnxopt.training.nodes import Inputs, NodeView, Tensor, Unsupported, axis_of
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -39,23 +40,14 @@ def spatial_attrs(node: NodeView, rank: int) -> tuple[list[int], list[int]]:
 def window_pads(
     node: NodeView, sizes: list[int], kernel: list[int], strides: list[int], dilations: list[int]
 ) -> list[tuple[int, int]]:
-    """(begin, end) padding per spatial axis, from `pads` or `auto_pad` (Conv and pools)."""
+    """(begin, end) padding per spatial axis, from `pads` or `auto_pad` (Conv and pools);
+    the geometry is `ir.layers.conv_pads`, the one home of it."""
     auto_pad = node.attr("auto_pad", "NOTSET")
-    rank = len(sizes)
-    if auto_pad == "NOTSET":
-        pads = list(node.attr("pads", [0] * 2 * rank))
-        return [(pads[i], pads[i + rank]) for i in range(rank)]
-    if auto_pad == "VALID":
-        return [(0, 0)] * rank
-    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
         raise Unsupported(f"auto_pad={auto_pad}")
-    result = []
-    for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
-        out = -(-size // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-        small, large = total // 2, total - total // 2
-        result.append((small, large) if auto_pad == "SAME_UPPER" else (large, small))
-    return result
+    flat = conv_pads(node.node, sizes, kernel, strides, dilations)
+    rank = len(sizes)
+    return [(flat[i], flat[i + rank]) for i in range(rank)]
 
 
 def torch_pads(pads: list[tuple[int, int]]) -> list[int]:
