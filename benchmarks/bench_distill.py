@@ -108,7 +108,7 @@ def section(args, body: str) -> str:
     return f"""## distill: knowledge distillation from the fp32 model, out of sample
 
 `python -m benchmarks.bench_distill`. Each pipeline without and with `distill` (default
-options: at most 8 epochs and 600 s of training, Adam 1e-4, batch 16, KL at T=2 on the
+options: at most 8 epochs and 600 s of training, Adam 5e-4 (relative), batch 16, KL at T=2 on the
 logits plus normalized MSE on 4 intermediate tensors both graphs share), through
 `onnxopt.api.optimize(..., calib=calib.npz, seed=0)`. calib.npz: {args.calib_samples} crops of
 {len(gen.CALIBRATION_PHOTOS)} photos (seed {gen.CALIB_SEED}); the tool holds 20 % of them out

@@ -15,7 +15,7 @@ A node the table cannot run exactly raises `Unsupported` when the view is built,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -54,7 +54,11 @@ class GraphModule(nn.Module):
         for position, item in enumerate(self.plan.trainables):
             key = f"p{position}"
             self._keys[item.name] = key
-            self.params[key] = nn.Parameter(self._initial_latent(item, constants))
+            start = self._initial_latent(item, constants)
+            if item.kind != "log_scale":
+                self.register_buffer(f"{key}_start", start, persistent=False)
+                self.register_buffer(f"{key}_unit", channel_unit(start), persistent=False)
+            self.params[key] = nn.Parameter(torch.zeros_like(start))
         live = self._trained_dependents(graph)
         self._constant_steps = [s for s in self.steps if s[0].node.output[0] in live["const"]]
         self._run_steps = [s for s in self.steps if s[0].node.output[0] not in live["const"]]
@@ -74,6 +78,15 @@ class GraphModule(nn.Module):
                     raise Unsupported(f"Constant node '{node.name}' has no tensor value")
                 values[node.output[0]] = value
         return {name: _to_torch(value, name in carried) for name, value in values.items()}
+
+    def _latent(self, item: Trainable) -> torch.Tensor:
+        """The trained value in float: its start plus the parameter in units of the start's
+        channel RMS (see `channel_unit`); a log-factor for an activation scale."""
+        key = self._keys[item.name]
+        delta = self.params[key]
+        if item.kind == "log_scale":
+            return delta
+        return getattr(self, f"{key}_start") + delta * getattr(self, f"{key}_unit")
 
     def _initial_latent(self, item: Trainable, constants: dict) -> torch.Tensor:
         value = constants[item.name].float()
@@ -157,7 +170,7 @@ class GraphModule(nn.Module):
         values = {name: getattr(self, _buffer_key(i)) for i, name in
                   enumerate(self._frozen_names)}
         for item in self.plan.trainables:
-            latent = self.params[self._keys[item.name]]
+            latent = self._latent(item)
             if item.kind == "direct":
                 values[item.name] = latent
             elif item.kind == "log_scale":
@@ -189,6 +202,20 @@ class GraphModule(nn.Module):
     def named_trainables(self) -> Iterable[tuple[Trainable, nn.Parameter]]:
         for item in self.plan.trainables:
             yield item, self.params[self._keys[item.name]]
+
+
+def channel_unit(value: torch.Tensor) -> torch.Tensor:
+    """The RMS of each slice along axis 0 (an output channel of a Conv/Gemm weight; the whole
+    tensor for a vector), floored at a thousandth of the tensor's: a parameter trains in these
+    units, so one learning rate moves every channel by the same share of its size. Folded
+    BatchNorms leave channels of one layer orders of magnitude apart; an optimizer step the
+    same in absolute terms would rewrite the small ones and leave the large ones alone."""
+    whole = value.pow(2).mean().sqrt().clamp_min(1e-12)
+    if value.ndim < 2:
+        return whole.expand_as(value).clone()
+    rows = value.reshape(value.shape[0], -1).pow(2).mean(dim=1).sqrt()
+    unit = torch.maximum(rows, whole * 1e-3)
+    return unit.reshape([-1] + [1] * (value.ndim - 1))
 
 
 def _run(view: NodeView, handler, values: dict) -> None:
@@ -272,7 +299,3 @@ def _to_torch(value: np.ndarray, carried: bool) -> torch.Tensor:
     if value.dtype == np.uint16 or value.dtype == np.uint32:
         return torch.from_numpy(value.astype(np.int64))
     return torch.from_numpy(np.array(value))
-
-
-def parameters_of(module: GraphModule, kinds: Sequence[str]) -> list[nn.Parameter]:
-    return [p for item, p in module.named_trainables() if item.kind in kinds]

@@ -17,8 +17,10 @@ class DistillOptions:
     epochs: int = option(8, "passes over the training samples (fewer when max_seconds ends it)",
                          low=1, high=1000)
     max_seconds: float = option(600.0, "wall-clock budget of the training loop", low=1.0)
-    lr: float = option(1e-4, "Adam learning rate of float weights and latents (cosine decay)",
-                       low=1e-8, high=1.0)
+    lr: float = option(
+        5e-4, "Adam learning rate, relative: a step moves each weight channel by about this "
+        "share of its RMS (warm-up, then cosine decay)", low=1e-8, high=1.0,
+    )
     scale_lr: float = option(1e-3, "Adam learning rate of log activation scales", low=0.0,
                              high=1.0)
     batch_size: int = option(16, "samples per step", low=1, high=4096)
