@@ -60,7 +60,7 @@ def broken(digits_model, digits_split, tmp_path_factory):
 def recovered(digits_model, digits_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "recovered.onnx"
     result = optimize(digits_model, out, calib=digits_split[0], seed=5,
-                      passes=f"{BROKEN},distill{{epochs=4,lr=1e-3,min_cosine=0}}")
+                      passes=f"{BROKEN},distill{{epochs=4,lr=5e-3,min_cosine=0}}")
     return out, result.report
 
 
@@ -86,7 +86,7 @@ def test_distill_is_reproducible(digits_model, digits_split, recovered, tmp_path
     path, _ = recovered
     again = tmp_path / "again.onnx"
     optimize(digits_model, again, calib=digits_split[0], seed=5,
-             passes=f"{BROKEN},distill{{epochs=4,lr=1e-3,min_cosine=0}}")
+             passes=f"{BROKEN},distill{{epochs=4,lr=5e-3,min_cosine=0}}")
     assert again.read_bytes() == path.read_bytes()
 
 
