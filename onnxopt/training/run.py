@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from onnxopt.data.feeds import DataSource, Feed
+from onnxopt.data.feeds import DataSource, Feed, input_specs, static_batch
 from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.ir.graph import constant_node_value, replace_constant
 from onnxopt.ir.shapes import infer_shapes
@@ -43,6 +43,8 @@ from onnxopt.training.samples import (
 from onnxopt.training.trainables import plan_training
 
 log = logging.getLogger(__name__)
+
+MIN_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class DistillRun:
     data: DataSource
     seed: int = 0
     progress: PassProgress = no_progress
+    batch: int = 0
     stats: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -82,6 +85,15 @@ class DistillRun:
         except Unsupported as exc:
             self.skipped.append(f"model declined: the torch view cannot run it: {exc}")
             return None
+        samples = load_samples(self.data)
+        # a static batch dim (batch-1 exports) is the only batch the graph runs
+        fixed = static_batch(input_specs(student))
+        self.batch = fixed or self.options.batch_size
+        if samples.count < max(MIN_SAMPLES, 2 * self.batch):
+            self.skipped.append(f"distill needs at least {max(MIN_SAMPLES, 2 * self.batch)} "
+                                "calibration samples (it keeps some aside to pick its best "
+                                f"epoch); got {samples.count}")
+            return None
         self.stats["trained"] = plan.counts()
         threads = _cores()
         torch.set_num_threads(threads)
@@ -95,10 +107,10 @@ class DistillRun:
         )
         names = module.output_names + module.extra
         labeller = Labeller(teacher_session, names)
-        train, stop = split_early_stop(load_samples(self.data), self.options.early_stop,
-                                       self.seed)
+        train, stop = split_early_stop(samples, self.options.early_stop, self.seed, fixed or 1)
         self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
         trainer = Trainer(module, labeller, self.options, device, self.seed, self.progress)
+        trainer.batch = self.batch
         best = trainer.fit(train, stop)
         self.stats.update(trainer.stats)
         if best is None:
@@ -112,7 +124,7 @@ class DistillRun:
         """`written` when ONNX Runtime agrees with the teacher on the early-stopping samples
         better than it does running `student` (what the torch view scored is a simulation of
         int8 kernels whose float sums round differently, see `fusion`)."""
-        source = SamplesSource(stop, self.options.batch_size, "early-stopping samples")
+        source = SamplesSource(stop, self.batch, "early-stopping samples")
         outputs = len(onnx_outputs(student))
         references = [labeller(feed)[:outputs] for feed in source]
         before, after = (_session_score(model, self.provider, references, source)
@@ -206,6 +218,7 @@ class Trainer:
                  device: torch.device, seed: int, progress: PassProgress = no_progress) -> None:
         self.module, self.labeller, self.options, self.device = module, labeller, options, device
         self.progress = progress
+        self.batch = options.batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.stats: dict = {}
         latents = [p for item, p in module.named_trainables() if item.kind != "log_scale"]
@@ -223,13 +236,13 @@ class Trainer:
         the learning rate still decays to zero inside the budget. When the budget does not
         bind, the run depends on the seed and the data alone."""
         outputs = len(self.module.output_names)
-        stop_source = SamplesSource(stop, self.options.batch_size, "early-stopping samples")
+        stop_source = SamplesSource(stop, self.batch, "early-stopping samples")
         references = [self.labeller(feed)[:outputs] for feed in stop_source]
         start = self.score(references, stop_source)
         best, best_state, stale = start, _state(self.module), 0
         history = [start.to_dict()]
         began = time.monotonic()
-        per_epoch = max(1, train.count // self.options.batch_size)
+        per_epoch = max(1, train.count // self.batch)
         total, step, epochs = per_epoch * self.options.epochs, 0, 0
         detail = f"early-stop {_describe(start)}"
         while step < total and stale < self.options.patience:
@@ -264,7 +277,7 @@ class Trainer:
 
     def _batches(self, count: int):
         order = torch.randperm(count, generator=self.generator).numpy()
-        size = min(self.options.batch_size, count)
+        size = min(self.batch, count)
         for begin in range(0, count - size + 1, size):
             yield np.sort(order[begin : begin + size])
 

@@ -73,10 +73,13 @@ def load_samples(data: DataSource) -> Samples:
     return Samples(arrays)
 
 
-def split_early_stop(samples: Samples, share: float, seed: int) -> tuple[Samples, Samples]:
-    """(training rows, early-stopping rows), a seeded random split."""
+def split_early_stop(samples: Samples, share: float, seed: int,
+                     multiple: int = 1) -> tuple[Samples, Samples]:
+    """(training rows, early-stopping rows), a seeded random split; the early-stopping rows a
+    multiple of `multiple` (a static batch), at least one batch, leaving one to train on."""
     count = samples.count
-    held = min(count - 1, max(1, round(count * share)))
+    held = min(count - multiple, max(multiple, round(count * share)))
+    held -= held % multiple
     order = np.random.default_rng([seed, 0xD157]).permutation(count)
     return Samples(samples.take(np.sort(order[held:]))), Samples(samples.take(np.sort(
         order[:held])))

@@ -140,3 +140,34 @@ def test_cli_reports_distill(tmp_path, digits_model, digits_calib):
     record = json.loads(report.read_text())["passes"][0]
     assert record["name"] == "distill"
     assert "early_stop_before" in record["stats"]
+
+
+def _static_matmul(tmp_path):
+    rng = np.random.default_rng(0)
+    weight = onnx.numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "w")
+    model = float_model([onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", [3, 4])],
+                        [("y", [3, 5])], [weight])
+    path = tmp_path / "static.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_distill_trains_a_static_batch_model_in_its_own_batch(tmp_path):
+    source = _static_matmul(tmp_path)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((90, 4)).astype(np.float32))
+    result = optimize(source, tmp_path / "o.onnx", calib=calib,
+                      passes="quant,distill{epochs=2,max_seconds=30}")
+    record = result.report.passes[-1]
+    assert record.name == "distill" and record.status in ("changed", "unchanged")
+    assert record.stats["samples_early_stop"] % 3 == 0
+
+
+def test_distill_declines_too_few_samples(tmp_path):
+    source = _static_matmul(tmp_path)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32))
+    result = optimize(source, tmp_path / "o.onnx", calib=calib, passes="distill")
+    record = result.report.passes[-1]
+    assert record.status == "unchanged"
+    assert any("at least 8 calibration samples" in reason for reason in record.skipped)
