@@ -109,8 +109,8 @@ class DistillRun:
         labeller = Labeller(teacher_session, names)
         train, stop = split_early_stop(samples, self.options.early_stop, self.seed, fixed or 1)
         self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
-        trainer = Trainer(module, labeller, self.options, device, self.seed, self.progress)
-        trainer.batch = self.batch
+        trainer = Trainer(module, labeller, self.options, device, self.seed, self.batch,
+                          self.progress)
         best = trainer.fit(train, stop)
         self.stats.update(trainer.stats)
         if best is None:
@@ -215,10 +215,11 @@ class Trainer:
     """Adam with cosine decay on augmented batches; the best early-stopping epoch wins."""
 
     def __init__(self, module: GraphModule, labeller: Labeller, options: DistillOptions,
-                 device: torch.device, seed: int, progress: PassProgress = no_progress) -> None:
+                 device: torch.device, seed: int, batch: int,
+                 progress: PassProgress = no_progress) -> None:
         self.module, self.labeller, self.options, self.device = module, labeller, options, device
         self.progress = progress
-        self.batch = options.batch_size
+        self.batch = batch
         self.generator = torch.Generator().manual_seed(seed)
         self.stats: dict = {}
         latents = [p for item, p in module.named_trainables() if item.kind != "log_scale"]

@@ -193,13 +193,13 @@ def _classify(leaf, via_dq, layer, slot, index, types, chosen, declined) -> Trai
                         f"DequantizeLinear '{via_dq.name}' stay fixed")
         return None
     if dtype in INTEGER_GRIDS:
-        return _fake_quant(leaf, via_dq, index, types)
+        return _fake_quant(leaf, via_dq, types)
     if dtype == onnx.TensorProto.INT32 and slot == 2:
         return _derived_bias(leaf, via_dq, layer, index, chosen, declined)
     return None
 
 
-def _fake_quant(leaf, dq, index, types) -> Trainable:
+def _fake_quant(leaf, dq, types) -> Trainable:
     zero_point = dq.input[2] if len(dq.input) > 2 else ""
     grid = INTEGER_GRIDS[types[leaf]]
     if types[leaf] == onnx.TensorProto.INT8:
