@@ -47,6 +47,7 @@ def session_options(
     options.graph_optimization_level = optimization
     # Errors reach the caller as exceptions; ORT's own log of them would be a second copy.
     options.log_severity_level = 4
+    options.enable_cpu_mem_arena = False
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
