@@ -303,6 +303,8 @@ def test_markdown_report_for_a_ci_summary(digits_copy, digits_calib):
     text = report.read_text()
     assert text.startswith("# onnxopt optimize report\n")
     assert "- pipeline: `prune{ratio=0.3," in text
+    assert "- output: `digits.opt.onnx` (" in text
+    assert "- fidelity vs input: cos 0.9" in text and "top1 100.0%" in text
     assert "| pass | status | time | params | MACs | size | fidelity vs before |" in text
     rows = [line for line in text.splitlines() if line.startswith("| prune |")]
     assert len(rows) == 1 and "| changed |" in rows[0]

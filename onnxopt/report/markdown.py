@@ -7,8 +7,10 @@ reason a pass skipped something.
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from onnxopt.infra.records import RunReport
-from onnxopt.report.run import closing_lines, pass_row
+from onnxopt.report.run import closing_lines, fidelity_text, pass_row
 from onnxopt.units import human_bytes
 
 PASS_COLUMNS = ["pass", "status", "time", "params", "MACs", "size", "fidelity vs before"]
@@ -20,8 +22,10 @@ def run_markdown(report: RunReport) -> str:
         "# onnxopt optimize report",
         "",
         f"- pipeline: `{report.pipeline}`",
-        f"- input: `{report.input}` ({human_bytes(report.before.get('bytes', 0))})",
-        f"- output: `{report.output}`" if report.output else "- output: not written",
+        f"- input: `{_name(report.input)}` ({human_bytes(report.before.get('bytes', 0))})",
+        f"- output: `{_name(report.output)}` ({human_bytes(report.after.get('bytes', 0))})"
+        if report.output
+        else "- output: not written",
         f"- onnxopt {report.version}, provider {report.provider}, seed {report.seed}",
         "",
         "## Passes",
@@ -30,7 +34,8 @@ def run_markdown(report: RunReport) -> str:
         "",
         "## Result against the input",
         "",
-        *(f"- {line}" for line in closing_lines(report)),
+        f"- fidelity vs input: {fidelity_text(report.fidelity)}",
+        *(f"- {line}" for line in closing_lines(report)[1:]),  # [0]: output path, above
     ]
     if report.gates:
         rows = [
@@ -45,6 +50,11 @@ def run_markdown(report: RunReport) -> str:
     else:
         lines.append("Nothing was skipped.")
     return "\n".join(lines) + "\n"
+
+
+def _name(path: str) -> str:
+    """A file's name: the summary is read beside the build, the JSON report has full paths."""
+    return PurePath(path).name or path
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
