@@ -363,3 +363,24 @@ def test_progress_shows_on_a_terminal_and_not_on_a_pipe(digits_copy, digits_cali
     assert "benchmark input vs output" in _stderr_of(digits_copy, digits_calib, on_pty=True)
     piped = _stderr_of(digits_copy, digits_calib, on_pty=False)
     assert "benchmark input vs output" not in piped and "\x1b[" not in piped
+
+
+# --- the Python API -----------------------------------------------------------------------
+
+
+def test_api_lists_missed_gates_writes_no_model_and_raises_on_request(digits_model, digits_calib,
+                                                                      tmp_path):  # fmt: skip
+    from onnxopt import api
+    from onnxopt.errors import CheckFailed
+
+    out = tmp_path / "o.onnx"
+    result = api.optimize(
+        onnx.load(digits_model), out, passes="cleanup", calib=digits_calib, bench=True,
+        min_cosine=0.999, max_size="1KB",
+    )  # fmt: skip
+    assert [g.gate for g in result.failed_gates] == ["--max-size"]
+    assert result.output is None and not out.exists()
+    assert [g["passed"] for g in result.report.gates] == [True, False]
+    assert result.report.ratios["speedup"] > 0  # an in-memory input is benchmarked too
+    with pytest.raises(CheckFailed, match=r"gate --max-size missed: required <= 1KB \(1000 B\)"):
+        result.raise_for_failures()
