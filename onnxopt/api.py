@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -18,7 +18,9 @@ from onnxopt.data.sources import (
     parse_preprocess,
     parse_shapes,
 )
-from onnxopt.errors import OptionError
+from onnxopt.errors import CheckFailed, InputError, OptionError
+from onnxopt.infra.build import record_bench, record_gates, record_ratios
+from onnxopt.infra.gates import BuildGates, GateResult, failure_line, parse_size_limit
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.options import describe_options
 from onnxopt.infra.pipeline import Pipeline, load_pipeline_file, parse_pipeline
@@ -33,6 +35,7 @@ from onnxopt.ir.io import (
     save_model,
     write_text_atomic,
 )
+from onnxopt.report.markdown import run_markdown
 from onnxopt.report.tables import csv_text, to_json
 from onnxopt.runtime.bench import BenchReport, BenchSettings, Progress, benchmark_models
 from onnxopt.runtime.fidelity import FidelityReport
@@ -47,6 +50,25 @@ class OptimizeResult:
     model: onnx.ModelProto
     report: RunReport
     output: Path | None
+    failed_gates: list[GateResult] = field(default_factory=list)
+    """Build-step gates the final model missed (then `output` is None unless keep_failed)."""
+
+    def raise_for_failures(self) -> None:
+        """CheckFailed (exit 1) naming every missed gate, on one line."""
+        if self.failed_gates:
+            raise CheckFailed(failure_line(self.failed_gates, self.output is not None))
+
+
+def default_output(model: str | os.PathLike, *, force: bool = False) -> Path:
+    """`MODEL.opt.onnx` beside `model`; InputError when it exists already, unless `force`."""
+    path = Path(model)
+    stem = path.name[: -len(".onnx")] if path.name.lower().endswith(".onnx") else path.name
+    output = path.with_name(f"{stem}.opt.onnx")
+    if output.exists() and not force:
+        raise InputError(
+            f"{output} exists already; pass --force to overwrite it or -o to write elsewhere"
+        )
+    return output
 
 
 def optimize(
@@ -62,17 +84,39 @@ def optimize(
     seed: int = 0,
     strict: bool = False,
     report: str | os.PathLike | None = None,
+    bench: bool = False,
+    min_top1: float | None = None,
+    min_cosine: float | None = None,
+    min_speedup: float | None = None,
+    max_size: str | float | None = None,
+    keep_failed: bool = False,
     progress: PassProgress = no_progress,
 ) -> OptimizeResult:
-    """Run a pipeline on `model`; write the result to `output` and the JSON report to `report`.
+    """Run a pipeline on `model`; write the result to `output` and the report to `report`
+    (Markdown when it ends in `.md`, else JSON).
 
     Fidelity is measured on `val`, else on a seeded `holdout` share of the `calib` samples
     that no pass fits on (`report.fidelity_on` says which; 0: none held out, in-sample).
+    `bench` times the input and the output interleaved (implied by `min_speedup`). The gates
+    (`min_top1`, `min_cosine`, `min_speedup`, `max_size`: a ratio of the input's size or a
+    size like '3MB') compare the final model with the input; a missed gate is listed in
+    `failed_gates` and no model is written unless `keep_failed` (the report is written either
+    way; call `raise_for_failures()` to turn misses into CheckFailed).
     """
     pipeline = resolve_pipeline(passes, config)
     provider_name(provider)
     if not 0.0 <= holdout <= 0.5:
         raise OptionError(f"holdout must be a fraction in [0, 0.5], got {holdout}")
+    gates = BuildGates(
+        min_top1=min_top1,
+        min_cosine=min_cosine,
+        min_speedup=min_speedup,
+        max_size=parse_size_limit(max_size) if max_size is not None else None,
+    )
+    if gates.needs_fidelity and calib is None and val is None:
+        raise OptionError(
+            "--min-top1/--min-cosine need --val or --calib: fidelity on random inputs means nothing"
+        )
     loaded = _load(model)
     protect = loaded.source_files
     if output is not None:
@@ -91,18 +135,38 @@ def optimize(
     )
     optimized, run_report = manager.run(loaded.proto)
     run_report.input = str(loaded.path) if loaded.path else "<in-memory model>"
+    record_ratios(run_report)
+    if bench or gates.needs_bench:
+        original = loaded.path if loaded.path else loaded.proto
+        data = val if val is not None else calib
+        record_bench(
+            run_report,
+            original,
+            optimized,
+            provider=provider,
+            seed=seed,
+            data=data,
+            progress=progress,
+        )
+    failed = [gate for gate in record_gates(run_report, gates) if not gate.passed]
     written = None
     try:
-        if output is not None:
+        if output is not None and (keep_failed or not failed):
             written = save_model(optimized, output, protect=protect)
             run_report.output = str(written)
         if report is not None:
-            write_text_atomic(Path(report), run_report.to_json() + "\n", protect)
+            write_text_atomic(Path(report), _report_text(run_report, Path(report)), protect)
     except BaseException:
         if written is not None:  # all or nothing: no model without its report
             discard_model(written)
         raise
-    return OptimizeResult(optimized, run_report, written)
+    return OptimizeResult(optimized, run_report, written, failed)
+
+
+def _report_text(run_report: RunReport, path: Path) -> str:
+    if path.suffix.lower() == ".md":
+        return run_markdown(run_report)
+    return run_report.to_json() + "\n"
 
 
 def resolve_pipeline(passes: str | None, config: str | os.PathLike | None) -> Pipeline:

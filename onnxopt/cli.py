@@ -86,16 +86,59 @@ def _seed_option(text: str):
     return click.option("--seed", type=int, default=0, show_default=True, help=text)
 
 
+def _verbosity_options(command):
+    """-v/-q on a command, after its name: the same meaning as before it (they add up)."""
+
+    def more_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+        if value:
+            ctx.obj["verbose"] += value
+            _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"])
+
+    def quieter(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.obj["quiet"] = True
+            _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"])
+
+    command = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=more_verbose,
+        help="More logging (-vv: debug, tracebacks); also before the command.",
+    )(command)
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=quieter,
+        help="Only errors on stderr, no table; also before the command.",
+    )(command)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxopt")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: debug, tracebacks).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr, no table.")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
-    """onnxopt: make ONNX models smaller and faster with measured fidelity."""
+    """onnxopt: make ONNX models smaller and faster with measured fidelity.
+
+    -q and -v work before or after the command name.
+    """
     _setup_logging(verbose, quiet)
     _interrupt_on_sigterm()
-    ctx.obj = {"quiet": quiet}
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
+
+
+_DATA_FORMS = (
+    "a .npz whose keys are the model's input names with samples stacked on axis 0 (a .npy "
+    "for a one-input model); a .npz/.npy holding exactly one sample of every input (scalars "
+    "and inputs of different leading dims included); a folder of such .npz/.npy files, one "
+    "sample each; a folder of images (jpg/png/bmp/webp; grey or RGB by the model's channels, "
+    "resized and normalized, ImageNet defaults); or 'random' (seeded; fidelity meaningless)."
+)
 
 
 @main.command()
@@ -103,15 +146,18 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option(
     "-o",
     "--output",
-    required=True,
+    default=None,
     type=click.Path(path_type=str),
-    help="Where to write the optimized model (never the input).",
+    help="Where to write the optimized model (never the input; default: MODEL.opt.onnx "
+    "beside the input, refused if it exists unless --force).",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing default output.")
 @click.option(
     "--passes",
     "passes",
     default=None,
-    help=f"Pipeline text, e.g. 'cleanup{{fold_bn=false}}' (default: {api.DEFAULT_PIPELINE}).",
+    help=f"Pipeline text, e.g. 'prune,quant' or 'cleanup{{fold_bn=false}}' "
+    f"(default: {api.DEFAULT_PIPELINE}; `onnxopt passes` lists them).",
 )
 @click.option(
     "--config",
@@ -119,14 +165,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     default=None,
     help="Pipeline as YAML/JSON instead of --passes.",
 )
-@click.option(
-    "--calib", default=None, help="Calibration data: .npz (keys = input names) or 'random'."
-)
+@click.option("--calib", default=None, help="Calibration data the passes fit on: " + _DATA_FORMS)
 @click.option(
     "--val",
     default=None,
-    help="Validation data for the fidelity checks; passes never see it (default: a holdout "
-    "of --calib, else seeded random inputs).",
+    help="Validation data for the fidelity checks and gates; passes never see it (default: a "
+    "holdout of --calib, else seeded random inputs). Same forms as --calib.",
 )
 @click.option(
     "--holdout",
@@ -137,7 +181,32 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     "fidelity checks, which no pass fits on; 0 fits on all and labels fidelity in-sample.",
 )
 @click.option(
-    "--report", type=click.Path(path_type=str), default=None, help="Write the JSON report here."
+    "--report",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Write the report here: Markdown if the path ends in .md (CI job summaries), else JSON.",
+)
+@click.option(
+    "--bench",
+    is_flag=True,
+    help="Time the input and the output interleaved; the speed-up goes in the summary.",
+)
+@click.option(
+    "--min-top1", type=float, default=None, help="Gate: top-1 agreement (0..1) with the input."
+)
+@click.option("--min-cosine", type=float, default=None, help="Gate: cosine with the input.")
+@click.option(
+    "--min-speedup", type=float, default=None, help="Gate: measured speed-up (implies --bench)."
+)
+@click.option(
+    "--max-size",
+    default=None,
+    metavar="RATIO|SIZE",
+    help="Gate: output size, a ratio of the input's (0.5) or a size (3MB, 512KiB; KB/MB/GB "
+    "are powers of 1000, KiB/MiB/GiB of 1024).",
+)
+@click.option(
+    "--keep-failed", is_flag=True, help="Write the model even when a gate is missed (exit 1)."
 )
 @_provider_option("ONNX Runtime execution provider for checks.")
 @_seed_option("Seed for every random choice; same seed, same output bytes.")
@@ -146,22 +215,46 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     is_flag=True,
     help="Abort (exit 1) instead of rolling back a pass that fails its checks.",
 )
+@_verbosity_options
 @click.pass_context
 def optimize(
-    ctx, model, output, passes, config, calib, val, holdout, report, provider, seed, strict
+    ctx,
+    model,
+    output,
+    force,
+    passes,
+    config,
+    calib,
+    val,
+    holdout,
+    report,
+    bench,
+    min_top1,
+    min_cosine,
+    min_speedup,
+    max_size,
+    keep_failed,
+    provider,
+    seed,
+    strict,
 ):
-    """Run a pipeline of passes on MODEL and write the result to -o.
+    """Run a pipeline of passes on MODEL and write the result (default MODEL.opt.onnx).
+
+    Fidelity gates use --val, else a holdout of --calib. A missed gate (--min-top1,
+    --min-cosine, --min-speedup, --max-size) prints one line naming it, writes no model
+    (unless --keep-failed) and exits 1.
 
     \b
     Examples:
-      onnxopt optimize model.onnx -o model.opt.onnx
-      onnxopt optimize model.onnx --passes 'cleanup{fold_limit_mb=8}' --calib calib.npz -o o.onnx
-      onnxopt optimize model.onnx --config pipeline.yaml --val val.npz --report r.json -o o.onnx
+      onnxopt optimize model.onnx --passes prune,quant --calib images/
+      onnxopt optimize model.onnx --passes quant --calib calib.npz --bench --min-top1 0.99
+      onnxopt optimize model.onnx --passes 'cleanup{fold_limit_mb=8}' -o o.onnx --report r.md
+      onnxopt optimize model.onnx --config pipeline.yaml --val val.npz --report r.json -q
     """
     with terminal_progress(enabled=not ctx.obj["quiet"]) as progress:
         result = api.optimize(
             model,
-            output,
+            output if output is not None else api.default_output(model, force=force),
             passes=passes,
             config=config,
             calib=calib,
@@ -171,14 +264,22 @@ def optimize(
             seed=seed,
             strict=strict,
             report=report,
+            bench=bench,
+            min_top1=min_top1,
+            min_cosine=min_cosine,
+            min_speedup=min_speedup,
+            max_size=max_size,
+            keep_failed=keep_failed,
             progress=progress,
         )
     if not ctx.obj["quiet"]:
         _print_blocks(run_blocks(result.report))
+    result.raise_for_failures()
 
 
 @main.command("passes")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_verbosity_options
 def passes_command(as_json: bool) -> None:
     """List the registered passes with their options, defaults and docs.
 
@@ -195,10 +296,7 @@ def passes_command(as_json: bool) -> None:
 
 
 _SHAPE_HELP = "Shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)."
-_DATA_HELP = (
-    "Input data: .npz/.npy (keys = input names, samples on axis 0), a folder of .npz/.npy "
-    "files or of images, or 'random'."
-)
+_DATA_HELP = "Input data: " + _DATA_FORMS
 
 
 def _print_blocks(blocks: list[Block]) -> None:
@@ -214,6 +312,7 @@ def _print_blocks(blocks: list[Block]) -> None:
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help=_SHAPE_HELP)
 @click.option("--top", type=int, default=10, show_default=True, help="Layers listed by MACs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@_verbosity_options
 @click.pass_context
 def inspect_command(ctx, model, shapes, top, as_json):
     """Describe MODEL: inputs/outputs, opsets, op types, parameters, MACs per layer.
@@ -253,6 +352,7 @@ def inspect_command(ctx, model, shapes, top, as_json):
 @click.option("--max-abs", type=float, default=None, help="Exit 1 if a max abs error is higher.")
 @_provider_option("ONNX Runtime execution provider.")
 @_seed_option("Seed for --data random.")
+@_verbosity_options
 @click.pass_context
 def validate_command(
     ctx,
@@ -311,6 +411,7 @@ def validate_command(
 @click.option("--csv", "csv_path", type=click.Path(path_type=str), help="Write CSV here.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory probe (a child per model).")
 @_seed_option("Seed for random inputs.")
+@_verbosity_options
 @click.pass_context
 def benchmark_command(
     ctx,

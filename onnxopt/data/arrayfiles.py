@@ -62,26 +62,37 @@ def _native(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of every array in an .npz, read from the headers only."""
-    shapes = {}
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{key: (shape, dtype)} of every array in an .npz, read from the headers only."""
+    headers = {}
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
                 if member.endswith(".npy"):
                     with archive.open(member) as handle:
-                        shapes[member[:-4]] = read_header(handle, f"{path}:{member}")[0]
+                        shape, dtype, _ = read_header(handle, f"{path}:{member}")
+                        headers[member[:-4]] = (shape, dtype)
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         raise InputError(f"cannot read data file {path}: {exc}") from None
-    return shapes
+    return headers
+
+
+def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of every array in an .npz, read from the headers only."""
+    return {key: shape for key, (shape, _) in npz_headers(path).items()}
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        with open(path, "rb") as handle:
+            shape, dtype, _ = read_header(handle, str(path))
+            return shape, dtype
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read data file {path}: {exc}") from None
 
 
 def npy_shape(path: Path) -> tuple[int, ...]:
-    try:
-        with open(path, "rb") as handle:
-            return read_header(handle, str(path))[0]
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read data file {path}: {exc}") from None
+    return npy_header(path)[0]
 
 
 @contextlib.contextmanager

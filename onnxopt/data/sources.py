@@ -2,7 +2,9 @@
 
 Sources, opened by `open_data`:
 - `FILE.npz` whose keys are the model's input names, samples stacked on axis 0 (a `.npy` file
-  works the same way for a single-input model). Read one batch at a time, never whole.
+  works the same way for a single-input model). Read one batch at a time, never whole. A file
+  that cannot be stacked (a scalar, different leading dims) but fits the inputs exactly is one
+  sample (`onnxopt.data.npz`).
 - a directory of `.npz`/`.npy` files, one sample each (with or without the batch axis), sorted by
   path and stacked into batches; `.npy` only for single-input models. A file holding one whole
   feed whose inputs share no sample axis (scalars, different first dims) is one batch as is.
@@ -17,7 +19,6 @@ dynamic one gets `batch_size` (default 8). Every feed is checked against the mod
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,13 +28,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt.data.arrayfiles import RowReader, npy_shape, npz_shapes, open_rows
 from onnxopt.data.feeds import (
     DEFAULT_DYNAMIC_BATCH,
     DataSource,
     Feed,
     InputSpec,
-    batch_counts,
     batch_size_for,
     check_feed,
     feed_rows,
@@ -44,6 +43,7 @@ from onnxopt.data.feeds import (
     take_rows,
 )
 from onnxopt.data.images import IMAGE_SUFFIXES, ImageFolderSource, ImagePreprocess, parse_preprocess
+from onnxopt.data.npz import NpzSource, OneSampleSource, npy_needs_one_input, open_array_file
 from onnxopt.errors import InputError
 from onnxopt.ir.limits import memory_budget
 from onnxopt.units import human_bytes
@@ -60,6 +60,7 @@ __all__ = [
     "InputSpec",
     "IterableSource",
     "NpzSource",
+    "OneSampleSource",
     "RandomSource",
     "check_feed",
     "input_specs",
@@ -71,58 +72,6 @@ __all__ = [
 
 RANDOM_BATCHES = 4
 ARRAY_SUFFIXES = (".npz", ".npy")
-
-
-class NpzSource(DataSource):
-    """Samples stacked along axis 0 of each input's array (.npz, or .npy for one input)."""
-
-    def __init__(self, path: Path, specs: list[InputSpec], batch_size: int | None = None) -> None:
-        self.path = Path(path)
-        self.specs = specs
-        if self.path.suffix == ".npy":
-            if len(specs) != 1:
-                raise InputError(_npy_needs_one_input(self.path, specs))
-            shapes = {specs[0].name: npy_shape(self.path)}
-        else:
-            shapes = npz_shapes(self.path)
-        names = [spec.name for spec in specs]
-        missing = [name for name in names if name not in shapes]
-        if missing:
-            has = ", ".join(shapes) or "nothing"
-            raise InputError(f"{self.path}: missing input '{missing[0]}' (file has: {has})")
-        for name in names:
-            if not shapes[name]:
-                raise InputError(f"{self.path}: '{name}' is a scalar; stack samples on axis 0")
-        sizes = sorted({shapes[name][0] for name in names})
-        if len(sizes) != 1:
-            raise InputError(f"{self.path}: inputs have different sample counts {sizes}")
-        self.samples = sizes[0]
-        if self.samples == 0:
-            raise InputError(f"{self.path}: holds no samples")
-        self.ignored = [key for key in shapes if key not in names]
-        self.batch_size = batch_size_for(specs, batch_size, str(self.path))
-        fixed = static_batch(specs) is not None
-        self.counts = batch_counts(self.samples, self.batch_size, fixed, str(self.path))
-        self.description = f"{self.path.name} ({self.samples} samples)"
-
-    def __iter__(self) -> Iterator[Feed]:
-        with contextlib.ExitStack() as stack:
-            readers = {spec.name: self._open(stack, spec.name) for spec in self.specs}
-            for count in self.counts:
-                feed = {name: reader.read(count) for name, reader in readers.items()}
-                check_feed(feed, self.specs, str(self.path))
-                yield feed
-
-    def _open(self, stack: contextlib.ExitStack, name: str) -> RowReader:
-        key = None if self.path.suffix == ".npy" else name
-        return stack.enter_context(open_rows(self.path, key))
-
-
-def _npy_needs_one_input(path: Path, specs: list[InputSpec]) -> str:
-    names = ", ".join(spec.name for spec in specs)
-    return (
-        f"{path}: a .npy holds one array but the model has {len(specs)} inputs ({names}); use .npz"
-    )
 
 
 # --- a directory of per-sample files -----------------------------------------------------
@@ -139,7 +88,7 @@ class DirectorySource(DataSource):
             raise InputError(f"{self.path}: no .npz or .npy files")
         if len(specs) != 1 and any(p.suffix.lower() == ".npy" for p in self.files):
             npy = next(p for p in self.files if p.suffix.lower() == ".npy")
-            raise InputError(_npy_needs_one_input(npy, specs))
+            raise InputError(npy_needs_one_input(npy, specs))
         self.batch_size = batch_size_for(specs, batch_size, str(self.path))
         self.fixed = static_batch(specs) is not None
         self.loose = [InputSpec(s.name, s.dtype, (None, *s.shape[1:])) for s in specs]
@@ -367,7 +316,7 @@ def open_data(
     if path.is_dir():
         return _open_directory(path, specs, batch_size, preprocess)
     if path.suffix.lower() in ARRAY_SUFFIXES:
-        return NpzSource(path, specs, batch_size)
+        return open_array_file(path, specs, batch_size)
     raise InputError(f"unsupported data file {path} (expected .npz, .npy, a folder or 'random')")
 
 

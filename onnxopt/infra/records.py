@@ -64,6 +64,13 @@ class RunReport:
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] | None = None
+    ratios: dict[str, float | None] = field(default_factory=dict)
+    """Output over input: `size` (bytes), `macs`, and under --bench `latency` (median of the
+    interleaved per-round ratios) and `speedup` (its inverse)."""
+    bench: dict[str, Any] | None = None
+    """--bench: the input and the output timed interleaved (latency, runs, provider)."""
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    """Build-step gates given: gate, required, measured, passed."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

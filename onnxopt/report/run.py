@@ -17,17 +17,10 @@ def run_blocks(report: RunReport) -> list[Block]:
         Table(
             f"onnxopt {report.pipeline}",
             ["pass", "status", "time", "params", "MACs", "size", "fidelity vs before"],
-            [_row(record) for record in report.passes],
+            [pass_row(record) for record in report.passes],
         ),
-        f"output: {report.output or '(not written)'}   "
-        f"fidelity vs input: {fidelity_text(report.fidelity)}",
-        f"fidelity measured on {report.fidelity_on}",
+        *closing_lines(report),
     ]
-    if report.fidelity_in_sample:
-        blocks.append(
-            "warning: these fidelity numbers are in-sample (on data the passes fitted) and "
-            "overstate fidelity on new inputs; give --val or more calibration samples"
-        )
     for record in report.passes:
         blocks.extend(f"  {record.name}: {reason}" for reason in record.skipped[:SKIPS_SHOWN])
         if len(record.skipped) > SKIPS_SHOWN:
@@ -36,7 +29,56 @@ def run_blocks(report: RunReport) -> list[Block]:
     return blocks
 
 
-def _row(record: PassRecord) -> list[str]:
+def closing_lines(report: RunReport) -> list[str]:
+    """The final model against the input: where it went, fidelity and on what, the size, MACs
+    and (under --bench) speed-up ratios, and each gate's result."""
+    lines = [
+        f"output: {report.output or '(not written)'}   "
+        f"fidelity vs input: {fidelity_text(report.fidelity)}",
+        f"fidelity measured on {report.fidelity_on}",
+    ]
+    if report.fidelity_in_sample:
+        lines.append(
+            "warning: these fidelity numbers are in-sample (on data the passes fitted) and "
+            "overstate fidelity on new inputs; give --val or more calibration samples"
+        )
+    lines.append(ratios_text(report))
+    if report.bench:
+        bench = report.bench
+        low, high = bench["speedup_p10_p90"]
+        spread = f", p10-p90 {low:.2f}x-{high:.2f}x" if low and high else ""
+        lines.append(
+            f"benchmark ({bench['provider']}, batch {bench['batch']}, {bench['runs']} rounds "
+            f"interleaved): p50 {bench['input_p50_ms']:.3f} ms -> {bench['output_p50_ms']:.3f} ms"
+            f"{spread}"
+        )
+    lines.extend(
+        f"gate {g['gate']}: {'passed' if g['passed'] else 'MISSED'} "
+        f"(required {g['required']}, measured {g['measured']})"
+        for g in report.gates
+    )
+    return lines
+
+
+def ratios_text(report: RunReport) -> str:
+    """`size 0.27x (95.0 KiB -> 25.9 KiB), MACs 1.00x, speed-up 1.52x` (output over input)."""
+    ratios = report.ratios
+    before, after = report.before.get("bytes", 0), report.after.get("bytes", 0)
+    parts = [f"size {_times(ratios.get('size'))} ({human_bytes(before)} -> {human_bytes(after)})"]
+    parts.append(f"MACs {_times(ratios.get('macs'))}")
+    if ratios.get("speedup") is not None:
+        parts.append(f"speed-up {ratios['speedup']:.2f}x (measured)")
+    else:
+        parts.append("speed-up not measured (--bench)")
+    return "output vs input: " + ", ".join(parts)
+
+
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}x"
+
+
+def pass_row(record: PassRecord) -> list[str]:
+    """One pass's row of the per-pass table (terminal and Markdown)."""
     before, after = record.before, record.after
     return [
         record.step + (f" (for {record.required_by})" if record.required_by else ""),

@@ -90,6 +90,63 @@ def test_npy_file_for_single_input(tmp_path):
     np.testing.assert_array_equal(got[0], rows(4))
 
 
+VAD_LIKE = parse(
+    HEADER + "g (float[N, S] x, float[2, N, 128] state, int64 sr) => (float[2, N, 128] out) "
+    "{ s = Cast<to=1>(sr) \n sx = ReduceSum<keepdims=0>(x) \n t = Add(s, sx) \n "
+    "out = Add(state, t) }"
+)
+
+
+def test_npz_of_one_sample_with_a_scalar_input_is_one_feed(tmp_path):
+    sample = {
+        "x": rows(1, width=512),
+        "state": np.arange(256, dtype=np.float32).reshape(2, 1, 128),
+        "sr": np.array(16000, dtype=np.int64),
+    }
+    np.savez(tmp_path / "one.npz", **sample)
+    source = open_data(tmp_path / "one.npz", VAD_LIKE)
+    assert source.description == "one.npz (one sample)"
+    feeds = list(source)
+    assert len(feeds) == 1 and feeds[0].keys() == sample.keys()
+    for name, array in sample.items():
+        assert feeds[0][name].dtype == array.dtype
+        np.testing.assert_array_equal(feeds[0][name], array)
+    assert len(list(source)) == 1  # re-iterable
+
+
+def test_npz_of_one_sample_with_different_leading_dims_is_one_feed(tmp_path):
+    model = parse(
+        HEADER + "g (float[2, 5] a, float[5, 3] b) => (float[2, 3] y) { y = MatMul(a, b) }"
+    )
+    a, b = rows(2, width=5), rows(5, width=3)
+    np.savez(tmp_path / "one.npz", a=a, b=b)
+    feeds = list(open_data(tmp_path / "one.npz", model))
+    assert len(feeds) == 1
+    np.testing.assert_array_equal(feeds[0]["a"], a)
+    np.testing.assert_array_equal(feeds[0]["b"], b)
+
+
+def test_npz_fitting_neither_reading_names_the_expected_shapes(tmp_path):
+    np.savez(
+        tmp_path / "bad.npz",
+        x=rows(1, width=512),
+        state=np.zeros((2, 1, 64), np.float32),
+        sr=np.array(16000, dtype=np.int64),
+    )
+    with pytest.raises(InputError) as info:
+        open_data(tmp_path / "bad.npz", VAD_LIKE)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "'sr' is a scalar" in message
+    assert "x float32[N,S], state float32[2,N,128], sr int64[]" in message
+
+
+def test_stackable_npz_is_still_read_as_stacked_samples(tmp_path):
+    np.savez(tmp_path / "s.npz", x=rows(11))
+    source = open_data(tmp_path / "s.npz", DYNAMIC)
+    assert source.samples == 11 and [len(f["x"]) for f in source] == [8, 3]
+
+
 def test_fortran_ordered_npz_is_read_correctly(tmp_path):
     np.savez(tmp_path / "f.npz", x=np.asfortranarray(rows(5)))
     np.testing.assert_array_equal(
@@ -101,7 +158,11 @@ def test_fortran_ordered_npz_is_read_correctly(tmp_path):
     ("arrays", "message"),
     [
         ({"y": rows(2)}, "missing input 'x' (file has: y)"),
-        ({"x": np.float32(1.0)}, "'x' is a scalar; stack samples on axis 0"),
+        (
+            {"x": np.float32(1.0)},
+            "'x' is a scalar, so samples cannot be stacked on axis 0, "
+            "and the arrays are not one sample either (the model expects x float32[N,3])",
+        ),
         ({"x": rows(0)}, "holds no samples"),
     ],
 )

@@ -18,6 +18,8 @@ def test_run_blocks_name_the_pass_a_prerequisite_ran_for_and_cut_long_skip_lists
         PassRecord("quant", "quant", status="changed", before=SIZE, after=SIZE, fidelity=FIDELITY),
     ]
     report.passes[1].skipped = [f"reason {i}" for i in range(7)]
+    report.before, report.after = {"bytes": 8192, "macs": 100}, {"bytes": 2048, "macs": 50}
+    report.ratios = {"size": 0.25, "macs": 0.5}
     table, *lines = run_blocks(report)
     assert isinstance(table, Table) and table.title == "onnxopt quant"
     assert [row[0] for row in table.rows] == ["cleanup (for quant)", "quant"]
@@ -31,7 +33,11 @@ def test_run_blocks_name_the_pass_a_prerequisite_ran_for_and_cut_long_skip_lists
     )
     assert lines[1] == "fidelity measured on holdout"
     assert lines[2].startswith("warning: these fidelity numbers are in-sample")
-    assert lines[3:] == [
+    assert lines[3] == (
+        "output vs input: size 0.250x (8.0 KiB -> 2.0 KiB), MACs 0.500x, "
+        "speed-up not measured (--bench)"
+    )
+    assert lines[4:] == [
         *(f"  quant: reason {i}" for i in range(5)),
         "  quant: ... 2 more in the JSON report",
     ]
