@@ -22,9 +22,10 @@ from onnxopt.errors import OptionError
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.options import describe_options
 from onnxopt.infra.pipeline import Pipeline, load_pipeline_file, parse_pipeline
+from onnxopt.infra.plugins import load_plugin_passes
 from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.infra.records import RunReport
-from onnxopt.infra.registry import get_pass_class, pass_names
+from onnxopt.infra.registry import get_pass_class, pass_names, pass_origin
 from onnxopt.ir.io import (
     LoadedModel,
     check_output_path,
@@ -106,6 +107,8 @@ def optimize(
 
 
 def resolve_pipeline(passes: str | None, config: str | os.PathLike | None) -> Pipeline:
+    """The pipeline of `passes` text or a `config` file; plugin passes are loaded first."""
+    load_plugin_passes()
     if passes is not None and config is not None:
         raise OptionError("give either --passes or --config, not both")
     if config is not None:
@@ -114,13 +117,16 @@ def resolve_pipeline(passes: str | None, config: str | os.PathLike | None) -> Pi
 
 
 def list_passes() -> list[dict]:
-    """Every registered pass with its summary and options (name, type, default, doc)."""
+    """Every registered pass (plugins loaded first) with its origin ('built-in' or the plugin's
+    distribution and version), summary and options (name, type, default, doc)."""
+    load_plugin_passes()
     entries = []
     for name in pass_names():
         cls = get_pass_class(name)
         entries.append(
             {
                 "name": name,
+                "origin": pass_origin(name),
                 "summary": cls.summary,
                 "min_opset": cls.min_opset,
                 "options": [vars(info) for info in describe_options(cls.Options)],
