@@ -32,8 +32,10 @@ from onnxopt.ir.io import (
     discard_model,
     load_model,
     save_model,
+    write_bytes_atomic,
     write_text_atomic,
 )
+from onnxopt.report.plots import latency_figure, plot_format, require_matplotlib
 from onnxopt.report.tables import csv_text, to_json
 from onnxopt.runtime.bench import BenchReport, BenchSettings, Progress, benchmark_models
 from onnxopt.runtime.fidelity import FidelityReport
@@ -214,14 +216,19 @@ def benchmark(
     seed: int = 0,
     json_path: str | os.PathLike | None = None,
     csv_path: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
     """Latency (p50/p90/p99/mean), throughput, session time and memory, size and MACs of
-    `models`, timed round-robin; ratios are to the first model."""
+    `models`, timed round-robin; ratios are to the first model. `plot`: a .png/.svg/.pdf of
+    the per-round latency distributions side by side (needs matplotlib: `onnxopt[plot]`)."""
     protect = _paths(*models)
-    for path in (json_path, csv_path):
+    for path in (json_path, csv_path, plot):
         if path is not None:
             check_output_path(Path(path), protect)
+    if plot is not None:
+        image_format = plot_format(plot)
+        require_matplotlib()
     settings = BenchSettings(
         provider=provider,
         batch=batch,
@@ -240,10 +247,13 @@ def benchmark(
         progress=progress,
         facts=bench_facts,
     )
+    picture = latency_figure(result, image_format) if plot is not None else None
     if json_path is not None:
         write_text_atomic(Path(json_path), to_json(result.to_dict()) + "\n", protect)
     if csv_path is not None:
         write_text_atomic(Path(csv_path), csv_text(result.csv_rows()), protect)
+    if picture is not None:
+        write_bytes_atomic(Path(plot), picture, protect)
     return result
 
 

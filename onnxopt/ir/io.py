@@ -267,11 +267,18 @@ def serialize_for_runtime(model: onnx.ModelProto, workdir: Path) -> str | bytes:
 
 def write_text_atomic(path: Path, text: str, protect: list[Path] | tuple[Path, ...] = ()) -> Path:
     """Write a text file (report, table) atomically, never over a protected file."""
+    return write_bytes_atomic(path, text.encode("utf-8"), protect)
+
+
+def write_bytes_atomic(
+    path: Path, data: bytes, protect: list[Path] | tuple[Path, ...] = ()
+) -> Path:
+    """Write a file (report, table, picture) atomically, never over a protected file."""
     target = check_output_path(path, protect)
     handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
