@@ -15,6 +15,7 @@ import pytest
 
 from onnxopt import api
 from onnxopt.errors import InputError
+from tests.conftest import run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODEL_TEXT = (
@@ -102,3 +103,12 @@ def test_without_matplotlib_plot_exits_2_naming_the_extra(model_path, tmp_path):
         "error: --plot needs matplotlib, which is not installed: pip install 'onnxopt[plot]'"
     ]
     assert not plot.exists()
+
+
+def test_cli_benchmark_plot(model_path, tmp_path):
+    plot = tmp_path / "latency.png"
+    result = run_cli(
+        "benchmark", model_path, model_path, "--runs", "5", "--no-memory", "--plot", plot
+    )
+    assert result.returncode == 0, result.stderr
+    assert _png_size(plot.read_bytes())[0] >= 600
