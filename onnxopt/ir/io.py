@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import secrets
 import signal
 import tempfile
 import threading
@@ -273,9 +274,11 @@ def write_text_atomic(path: Path, text: str, protect: list[Path] | tuple[Path, .
 def write_bytes_atomic(
     path: Path, data: bytes, protect: list[Path] | tuple[Path, ...] = ()
 ) -> Path:
-    """Write a file (report, table, picture) atomically, never over a protected file."""
+    """Write a file (report, table, picture) atomically, never over a protected file; its
+    permissions follow the umask, as for any file the user creates (mkstemp's would be 0600)."""
     target = check_output_path(path, protect)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    staging = str(target.parent / f".{target.name}.{secrets.token_hex(6)}")
+    handle = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
