@@ -42,18 +42,20 @@ class PluginLoad:
     error: str | None = None
 
 
-_loaded: list[PluginLoad] | None = None
+_installed: list[PluginLoad] | None = None
+"""The outcomes of the installed entry points, once they have been loaded."""
 
 
 def load_plugin_passes(
     entry_points: Iterable[metadata.EntryPoint] | None = None,
 ) -> list[PluginLoad]:
-    """Register the passes of the `onnxopt.passes` entry points (once per process unless
-    `entry_points` is given); a broken plugin is logged as one warning and skipped."""
-    global _loaded
+    """Register the passes of the installed `onnxopt.passes` entry points (once per process),
+    or of `entry_points` when given; a broken plugin is logged as one warning and skipped."""
+    global _installed
+    if entry_points is None and _installed is not None:
+        return _installed
+    installed = entry_points is None
     if entry_points is None:
-        if _loaded is not None:
-            return _loaded
         entry_points = metadata.entry_points(group=GROUP)
     outcomes = [_load_one(entry_point) for entry_point in entry_points]
     for outcome in outcomes:
@@ -61,7 +63,8 @@ def load_plugin_passes(
             log.warning(
                 "plugin pass '%s' (%s) not loaded: %s", outcome.name, outcome.origin, outcome.error
             )
-    _loaded = outcomes if _loaded is None else [*_loaded, *outcomes]
+    if installed:
+        _installed = outcomes
     return outcomes
 
 

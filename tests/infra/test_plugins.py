@@ -270,3 +270,21 @@ def test_entry_points_load_or_mark_the_name_unavailable():
     assert gone.error.startswith("tests.no_such_module:P does not import (ModuleNotFoundError")
     with pytest.raises(OptionError, match=r"^pass 'test-plugin-gone' is unavailable: its plugin"):
         get_pass_class("test-plugin-gone")
+
+
+def test_installed_entry_points_are_read_once(monkeypatch):
+    from onnxopt.infra import plugins
+
+    calls = []
+    point = metadata.EntryPoint("test-plugin-once", "tests.no_such_module:Q", "onnxopt.passes")
+
+    def entry_points(group):
+        calls.append(group)
+        return [point]
+
+    monkeypatch.setattr(plugins, "_installed", None)
+    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+    load_plugin_passes([])  # an explicit list does not count as the installed ones
+    first = load_plugin_passes()
+    assert load_plugin_passes() is first and calls == ["onnxopt.passes"]
+    assert first[0].name == "test-plugin-once" and first[0].error is not None
