@@ -24,18 +24,21 @@ from onnxopt.infra.gates import BuildGates, GateResult, failure_line, parse_size
 from onnxopt.infra.manager import PassManager
 from onnxopt.infra.options import describe_options
 from onnxopt.infra.pipeline import Pipeline, load_pipeline_file, parse_pipeline
+from onnxopt.infra.plugins import load_plugin_passes
 from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.infra.records import RunReport
-from onnxopt.infra.registry import get_pass_class, pass_names
+from onnxopt.infra.registry import get_pass_class, pass_names, pass_origin
 from onnxopt.ir.io import (
     LoadedModel,
     check_output_path,
     discard_model,
     load_model,
     save_model,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from onnxopt.report.markdown import run_markdown
+from onnxopt.report.plots import latency_figure, plot_format, require_matplotlib
 from onnxopt.report.tables import csv_text, to_json
 from onnxopt.runtime.bench import BenchReport, BenchSettings, Progress, benchmark_models
 from onnxopt.runtime.fidelity import FidelityReport
@@ -170,6 +173,8 @@ def _report_text(run_report: RunReport, path: Path) -> str:
 
 
 def resolve_pipeline(passes: str | None, config: str | os.PathLike | None) -> Pipeline:
+    """The pipeline of `passes` text or a `config` file; plugin passes are loaded first."""
+    load_plugin_passes()
     if passes is not None and config is not None:
         raise OptionError("give either --passes or --config, not both")
     if config is not None:
@@ -178,13 +183,16 @@ def resolve_pipeline(passes: str | None, config: str | os.PathLike | None) -> Pi
 
 
 def list_passes() -> list[dict]:
-    """Every registered pass with its summary and options (name, type, default, doc)."""
+    """Every registered pass (plugins loaded first) with its origin ('built-in' or the plugin's
+    distribution and version), summary and options (name, type, default, doc)."""
+    load_plugin_passes()
     entries = []
     for name in pass_names():
         cls = get_pass_class(name)
         entries.append(
             {
                 "name": name,
+                "origin": pass_origin(name),
                 "summary": cls.summary,
                 "min_opset": cls.min_opset,
                 "options": [vars(info) for info in describe_options(cls.Options)],
@@ -272,14 +280,19 @@ def benchmark(
     seed: int = 0,
     json_path: str | os.PathLike | None = None,
     csv_path: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
     """Latency (p50/p90/p99/mean), throughput, session time and memory, size and MACs of
-    `models`, timed round-robin; ratios are to the first model."""
+    `models`, timed round-robin; ratios are to the first model. `plot`: a .png/.svg/.pdf of
+    the per-round latency distributions side by side (needs matplotlib: `onnxopt[plot]`)."""
     protect = _paths(*models)
-    for path in (json_path, csv_path):
+    for path in (json_path, csv_path, plot):
         if path is not None:
             check_output_path(Path(path), protect)
+    if plot is not None:
+        image_format = plot_format(plot)
+        require_matplotlib()
     settings = BenchSettings(
         provider=provider,
         batch=batch,
@@ -298,10 +311,13 @@ def benchmark(
         progress=progress,
         facts=bench_facts,
     )
+    picture = latency_figure(result, image_format) if plot is not None else None
     if json_path is not None:
         write_text_atomic(Path(json_path), to_json(result.to_dict()) + "\n", protect)
     if csv_path is not None:
         write_text_atomic(Path(csv_path), csv_text(result.csv_rows()), protect)
+    if picture is not None:
+        write_bytes_atomic(Path(plot), picture, protect)
     return result
 
 

@@ -409,6 +409,12 @@ def validate_command(
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help=_SHAPE_HELP)
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Write JSON here.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=str), help="Write CSV here.")
+@click.option(
+    "--plot",
+    type=click.Path(path_type=str),
+    help="Draw the latency distributions side by side here (.png, .svg or .pdf; needs "
+    "matplotlib: pip install 'onnxopt[plot]').",
+)
 @click.option("--no-memory", is_flag=True, help="Skip the memory probe (a child per model).")
 @_seed_option("Seed for random inputs.")
 @_verbosity_options
@@ -426,6 +432,7 @@ def benchmark_command(
     shapes,
     json_path,
     csv_path,
+    plot,
     no_memory,
     seed,
 ):
@@ -437,6 +444,7 @@ def benchmark_command(
       onnxopt benchmark model.onnx model.opt.onnx
       onnxopt benchmark model.onnx --batch 8 --threads 4 --seconds 20 --json bench.json
       onnxopt benchmark a.onnx b.onnx --provider cuda --shape input:1x3x224x224 --csv bench.csv
+      onnxopt benchmark model.onnx model.opt.onnx --plot latency.png
     """
     with progress_bar("benchmarking") as progress:
         result = api.benchmark(
@@ -453,6 +461,7 @@ def benchmark_command(
             seed=seed,
             json_path=json_path,
             csv_path=csv_path,
+            plot=plot,
             progress=None if ctx.obj["quiet"] else progress,
         )
     if not ctx.obj["quiet"]:

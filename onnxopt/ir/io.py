@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import secrets
 import signal
 import tempfile
 import threading
@@ -267,11 +268,20 @@ def serialize_for_runtime(model: onnx.ModelProto, workdir: Path) -> str | bytes:
 
 def write_text_atomic(path: Path, text: str, protect: list[Path] | tuple[Path, ...] = ()) -> Path:
     """Write a text file (report, table) atomically, never over a protected file."""
+    return write_bytes_atomic(path, text.encode("utf-8"), protect)
+
+
+def write_bytes_atomic(
+    path: Path, data: bytes, protect: list[Path] | tuple[Path, ...] = ()
+) -> Path:
+    """Write a file (report, table, picture) atomically, never over a protected file; its
+    permissions follow the umask, as for any file the user creates (mkstemp's would be 0600)."""
     target = check_output_path(path, protect)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    staging = str(target.parent / f".{target.name}.{secrets.token_hex(6)}")
+    handle = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

@@ -112,10 +112,11 @@ def fidelity_text(fidelity: dict | None) -> str:
 
 
 def passes_lines(entries: list[dict]) -> list[str]:
-    """`api.list_passes()` as text: each pass's summary, then its options indented."""
+    """`api.list_passes()` as text: each pass's summary and origin, then its options indented."""
     lines = []
     for entry in entries:
-        lines.append(f"{entry['name']}: {entry['summary']}")
+        origin = entry.get("origin", "built-in")
+        lines.append(f"{entry['name']}: {entry['summary']}  [{origin}]")
         lines.extend(
             f"    {opt['name']} ({opt['type_text']}, default {opt['default']!r}): {opt['doc']}"
             for opt in entry["options"]

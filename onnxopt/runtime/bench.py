@@ -92,6 +92,8 @@ class ModelBench:
     """Median of per-round latency ratios to the first model (< 1: faster)."""
     ratio_range: tuple[float, float]
     """10th and 90th percentile of the per-round ratios."""
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+    """Each timed round's latency in ms, in round order (for plots; not in JSON or CSV)."""
 
 
 @dataclass
@@ -105,19 +107,26 @@ class BenchReport:
             "schema": SCHEMA,
             "settings": self.settings,
             "environment": self.environment,
-            "models": [asdict(m) for m in self.models],
+            "models": [_public(m) for m in self.models],
         }
 
     def csv_rows(self) -> list[dict[str, object]]:
         rows = []
         for m in self.models:
-            skip = ("latency_ms", "ratio_range", "inputs")
+            skip = ("latency_ms", "ratio_range", "inputs", "samples_ms")
             row = {k: v for k, v in asdict(m).items() if k not in skip}
             row["inputs"] = ";".join(f"{k}:{'x'.join(map(str, v))}" for k, v in m.inputs.items())
             row.update({f"latency_{k}_ms": v for k, v in m.latency_ms.items()})
             row["ratio_p10"], row["ratio_p90"] = m.ratio_range
             rows.append(row)
         return rows
+
+
+def _public(model: ModelBench) -> dict:
+    """A model's results for the JSON report: the summaries, not every round's time."""
+    values = asdict(model)
+    del values["samples_ms"]
+    return values
 
 
 ModelArg = str | os.PathLike | onnx.ModelProto
@@ -332,6 +341,7 @@ def _result(prepared: _Prepared, times: np.ndarray, index: int, facts: FactsOf) 
         spread_pct=100 * (stats["p75"] - stats["p25"]) / stats["p50"],
         ratio=float(np.median(ratios)),
         ratio_range=(float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))),
+        samples_ms=[float(value) for value in ms],
     )
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.errors import InputError
-from onnxopt.ir.io import load_model, save_model
+from onnxopt.ir.io import load_model, save_model, write_bytes_atomic, write_text_atomic
 
 
 def _small_model(weight_elems: int = 4096) -> onnx.ModelProto:
@@ -123,3 +126,15 @@ def test_external_location_must_stay_inside(tmp_path, location):
 def test_output_directory_checks(tmp_path):
     with pytest.raises(InputError, match="output directory does not exist"):
         save_model(_small_model(), tmp_path / "nowhere" / "m.onnx")
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        text = write_text_atomic(tmp_path / "r.json", "{}\n")
+        picture = write_bytes_atomic(tmp_path / "p.png", b"\x89PNG")
+    finally:
+        os.umask(previous)
+    assert text.read_text() == "{}\n" and picture.read_bytes() == b"\x89PNG"
+    assert stat.S_IMODE(text.stat().st_mode) == stat.S_IMODE(picture.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "r.json"]

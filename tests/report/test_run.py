@@ -51,4 +51,6 @@ def test_passes_lines_list_each_option_under_its_pass():
             "options": [{"name": "k", "type_text": "int", "default": 3, "doc": "how many"}],
         }
     ]
-    assert passes_lines(entries) == ["p: does p", "    k (int, default 3): how many"]
+    assert passes_lines(entries) == ["p: does p  [built-in]", "    k (int, default 3): how many"]
+    entries[0]["origin"] = "acme-passes 1.2"
+    assert passes_lines(entries)[0] == "p: does p  [acme-passes 1.2]"

@@ -1,0 +1,1 @@
+"""A plugin package for onnxopt's tests: passes that live outside onnxopt."""
