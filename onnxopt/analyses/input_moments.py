@@ -205,7 +205,7 @@ def input_hessians(
     moments: dict[str, Moments] = {}
     probe = TensorProbe(model, tensors, provider)
     for batch, _ in probe.stream(data, max_samples):
-        for layer in layers:
+        for layer in (entry for entry in layers if entry.tensor in batch):
             x = batch[layer.tensor]
             seen = moments.get(layer.node)
             h = accumulate(None if seen is None else seen.h, x, layer)

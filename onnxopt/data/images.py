@@ -146,7 +146,8 @@ class ImageFolderSource(DataSource):
         self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise InputError(f"{self.path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        self.batch_size = batch_size_for(specs, batch_size, str(self.path))
+        pixels = self.channels * self.crop[0] * self.crop[1]
+        self.batch_size = batch_size_for(specs, batch_size, str(self.path), 4 * pixels)
         fixed = isinstance(self.spec.shape[0], int)
         self.counts = batch_counts(len(self.files), self.batch_size, fixed, str(self.path))
         self.description = f"{self.path.name}/ ({len(self.files)} images)"

@@ -115,7 +115,11 @@ class NpzSource(DataSource):
         if self.samples == 0:
             raise InputError(f"{self.path}: holds no samples")
         self.ignored = [key for key in headers if key not in names]
-        self.batch_size = batch_size_for(specs, batch_size, str(self.path))
+        sample_bytes = sum(
+            int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            for shape, dtype in (headers[name][:2] for name in names)
+        )
+        self.batch_size = batch_size_for(specs, batch_size, str(self.path), sample_bytes)
         fixed = static_batch(specs) is not None
         self.counts = batch_counts(self.samples, self.batch_size, fixed, str(self.path))
         self.description = f"{self.path.name} ({self.samples} samples)"

@@ -58,6 +58,19 @@ def infer_shapes(model: onnx.ModelProto) -> ShapeInfo:
     return chosen
 
 
+def infer_shapes_at(model: onnx.ModelProto, inputs: dict[str, tuple[int, ...]]) -> ShapeInfo:
+    """`infer_shapes` with the graph inputs named in `inputs` set to those static shapes."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in inputs and value.type.WhichOneof("value") == "tensor_type":
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in inputs[value.name]:
+                shape.dim.add().dim_value = int(size)
+    return infer_shapes(fixed)
+
+
 def check_tensor_sizes(model: onnx.ModelProto, budget: int | None = None) -> None:
     """InputError when a stored tensor's bytes disagree with its dims, or a tensor with a static
     shape (a graph input or output, or what ConstantOfShape/Expand/Tile make from constants)

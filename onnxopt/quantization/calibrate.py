@@ -97,11 +97,13 @@ class Calibrator:
         with threadpool_limits(limits=1, user_api="blas"):
             probe = TensorProbe(self.model, wanted, self.provider)
             for batch, rows in probe.stream(self.data, limit):
+                # A run of a large model may hold some of the tensors only (see `stream`).
                 for name in missing:
-                    stats[name].update(np.asarray(batch[name], dtype=np.float32))
+                    if name in batch:
+                        stats[name].update(np.asarray(batch[name], dtype=np.float32))
                 for layer in layers:
                     budget = DEPTHWISE_GPTQ_ROWS if layer.depthwise else GPTQ_ROWS
-                    if seen < budget.samples:
+                    if seen < budget.samples and layer.tensor in batch:
                         hessians[layer.node] = accumulate(
                             hessians.get(layer.node), batch[layer.tensor], layer, budget
                         )
@@ -132,7 +134,7 @@ def channel_absmax(
     peaks: dict[str, np.ndarray] = {}
     names = sorted(axes)
     for batch, _ in TensorProbe(model, names, provider).stream(data, max_samples):
-        for name in names:
+        for name in (n for n in names if n in batch):
             peak = _channel_absmax(np.asarray(batch[name], np.float32), axes[name])
             peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
     return peaks

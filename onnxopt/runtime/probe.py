@@ -13,6 +13,8 @@ through `TensorProbe`.
 from __future__ import annotations
 
 import copy
+import itertools
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +24,10 @@ import onnx
 from onnxopt.data.feeds import feed_rows, feeds_up_to
 from onnxopt.data.sources import Feed
 from onnxopt.ir.edit import remove_dead_code
+from onnxopt.ir.shapes import infer_shapes_at
 from onnxopt.runtime.session import make_session, session_options
+
+log = logging.getLogger(__name__)
 
 RUN_BYTES = 128 * 2**20
 """Bytes of exposed tensors one streamed run may return. MobileNetV2's quant calibration exposes
@@ -74,6 +79,7 @@ class TensorProbe:
         only: bool = False,
     ) -> None:
         inputs = {i.name for i in model.graph.input}
+        self.model, self.provider, self.dtypes = model, provider, dtypes
         self.tensors = list(tensors)
         self.computed = [t for t in self.tensors if t not in inputs]
         self.session = None
@@ -81,63 +87,95 @@ class TensorProbe:
         self.splittable = True
         # No tensor to compute: nothing to run (ORT refuses a graph without outputs).
         if self.computed:
-            exposed = expose_tensors(model, self.computed, dtypes, only=only)
-            options = session_options(spinning=False)
-            self.session = make_session(exposed, provider, options=options)
+            self.session = self._session(self.computed, only)
             self.inputs = {i.name for i in self.session.get_inputs()}
             # A fixed batch dimension (an int, not a name) must be fed whole.
             self.splittable = all(
                 i.shape and not isinstance(i.shape[0], int) for i in self.session.get_inputs()
             )
 
+    def _session(self, tensors: list[str], only: bool):
+        exposed = expose_tensors(self.model, tensors, self.dtypes, only=only)
+        return make_session(exposed, self.provider, options=session_options(spinning=False))
+
     def read(self, feed: Feed) -> dict[str, np.ndarray]:
         """The values of the tensors on `feed` (graph inputs: the feed's own arrays)."""
+        return self._read(feed, self.session, self.computed, self.tensors)
+
+    def _read(self, feed: Feed, session, computed: list[str], wanted: list[str]):
         values: dict[str, np.ndarray] = {}
-        if self.session is not None:
+        if session is not None:
             run_feed = {k: v for k, v in feed.items() if k in self.inputs}
-            outputs = self.session.run(self.computed, run_feed)
-            values = dict(zip(self.computed, outputs, strict=True))
-        values.update({t: feed[t] for t in self.tensors if t not in values and t in feed})
+            values = dict(zip(computed, session.run(computed, run_feed), strict=True))
+        values.update({t: feed[t] for t in wanted if t not in values and t in feed})
         return values
 
     def stream(
         self, data: Iterable[Feed], max_samples: int | None = None
     ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-        """(values, samples in the run) per run over the batches of `data`, up to the batch that
-        reaches `max_samples`. A batch is split into runs of at most `RUN_BYTES` of values
-        (sized from the first run, of one sample). The next run goes in a worker thread while the
-        caller works on the current one (ONNX Runtime releases the GIL); at most two are alive."""
-        runs = self._runs(feeds_up_to(data, max_samples))
-        first = next(runs, None)
+        """(values, samples) per run over the batches of `data`, up to the batch that reaches
+        `max_samples`. A run returns at most `RUN_BYTES` of values (sizes inferred at the first
+        batch's shapes): a batch is split along axis 0, and when one sample's tensors take more,
+        they are read in groups, one run per group, each run's values holding only its group's
+        tensors; the samples are counted on the group read last (0 on the others). The next run
+        goes in a worker thread while the caller works on the current one (ONNX Runtime releases
+        the GIL); at most two are alive."""
+        feeds = iter(feeds_up_to(data, max_samples))
+        first = next(feeds, None)
         if first is None:
             return
-        values = self.read(first)
-        rows = feed_rows(first)
-        self._rows_per_run = max(1, RUN_BYTES * rows // max(_nbytes(values), 1))
-        yield values, rows
+        rows_per_run, groups = self._plan(first)
+        jobs = (
+            (feed, group, feed_rows(feed) if last else 0)
+            for whole in itertools.chain([first], feeds)
+            for feed in self._split(whole, rows_per_run)
+            for last, group in zip_last(groups)
+        )
         with ThreadPoolExecutor(max_workers=1) as worker:
             pending = None
-            for feed in runs:
-                running = (worker.submit(self.read, feed), feed_rows(feed))
+            for feed, (session, computed, wanted), rows in jobs:
+                running = (worker.submit(self._read, feed, session, computed, wanted), rows)
                 if pending is not None:
                     yield pending[0].result(), pending[1]
                 pending = running
             if pending is not None:
                 yield pending[0].result(), pending[1]
 
-    def _runs(self, feeds: Iterable[Feed]) -> Iterator[Feed]:
-        """The feeds cut along axis 0: one sample first, then `_rows_per_run` at a time."""
-        self._rows_per_run = 1
-        for feed in feeds:
-            rows = feed_rows(feed)
-            if not self._can_split(feed, rows):
-                yield feed
-                continue
-            start = 0
-            while start < rows:
-                stop = min(rows, start + self._rows_per_run)
-                yield {name: array[start:stop] for name, array in feed.items()}
-                start = stop
+    def _plan(self, feed: Feed) -> tuple[int, list[tuple]]:
+        """Rows per run and the tensor groups (session, computed, wanted) of a stream."""
+        whole = [(self.session, self.computed, self.tensors)]
+        if self.session is None:
+            return feed_rows(feed), whole
+        split = self._can_split(feed, feed_rows(feed))
+        shapes = {k: ((1, *v.shape[1:]) if split else v.shape) for k, v in feed.items()}
+        sizes = _tensor_bytes(self.model, shapes, self.computed)
+        per_sample = sum(sizes.values())
+        if per_sample <= RUN_BYTES:
+            return max(1, RUN_BYTES // max(per_sample, 1)), whole
+        groups, group, held = [], [], 0
+        for name in sizes:
+            if group and held + sizes[name] > RUN_BYTES:
+                groups.append(group)
+                group, held = [], 0
+            group.append(name)
+            held += sizes[name]
+        groups.append(group)
+        log.info(
+            "probe: %d tensors (%d MB a sample) read in %d groups",
+            len(self.computed),
+            per_sample >> 20,
+            len(groups),
+        )
+        inputs = [t for t in self.tensors if t not in self.computed]
+        return 1, [(self._session(g, True), g, g + inputs * (i == 0)) for i, g in enumerate(groups)]
+
+    def _split(self, feed: Feed, rows_per_run: int) -> Iterator[Feed]:
+        rows = feed_rows(feed)
+        if not self._can_split(feed, rows) or rows <= rows_per_run:
+            yield feed
+            return
+        for start in range(0, rows, rows_per_run):
+            yield {name: array[start : start + rows_per_run] for name, array in feed.items()}
 
     def _can_split(self, feed: Feed, rows: int) -> bool:
         return (
@@ -147,8 +185,27 @@ class TensorProbe:
         )
 
 
-def _nbytes(values: Mapping[str, np.ndarray]) -> int:
-    return sum(int(np.asarray(value).nbytes) for value in values.values())
+def zip_last(items: list) -> Iterator[tuple[bool, object]]:
+    """(is the last item, item) for each item."""
+    return ((i == len(items) - 1, item) for i, item in enumerate(items))
+
+
+def _tensor_bytes(model: onnx.ModelProto, inputs: dict, names: list[str]) -> dict[str, int]:
+    """Bytes of each tensor for inputs of these shapes, in the graph's order; a tensor whose
+    size inference cannot tell counts as the largest one it can."""
+    info = infer_shapes_at(model, {k: tuple(v) for k, v in inputs.items()})
+    sizes: dict[str, int | None] = {}
+    for name in names:
+        shape = info.static_shape(name)
+        dtype = info.dtypes.get(name, onnx.TensorProto.FLOAT)
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize
+        sizes[name] = None if shape is None else int(np.prod(shape, dtype=np.int64)) * itemsize
+    largest = max((v for v in sizes.values() if v is not None), default=0)
+    order = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+    return {
+        name: largest if sizes[name] is None else sizes[name]
+        for name in sorted(names, key=lambda n: order.get(n, -1))
+    }
 
 
 def stream_tensors(

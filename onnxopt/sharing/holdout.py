@@ -49,7 +49,7 @@ def optimism(
     tensors = sorted({w.layer.tensor for w in weights})
     rows: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
     for batch, _ in stream_tensors(model, tensors, data, provider=provider, max_samples=samples):
-        for name in tensors:
+        for name in (n for n in tensors if n in batch):
             value = batch[name]
             rows[name].append(value.reshape(-1, value.shape[-1]).astype(np.float64))
     factors = {}

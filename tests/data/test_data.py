@@ -486,27 +486,40 @@ def test_streamed_tensors_come_in_order_up_to_max_samples_and_stop_cleanly():
     model = parse(HEADER + "g (float[N, 3] x) => (float[N, 3] y) { h = Neg(x)\n y = Relu(h) }")
     batches = [{"x": np.full((3, 3), float(i), np.float32)} for i in range(5)]
     streamed = list(stream_tensors(model, ["h", "x"], batches, provider="cpu", max_samples=7))
-    # The first run is one sample (it sizes the rest); the batch reaching 7 is the last.
-    assert [rows for _, rows in streamed] == [1, 2, 3, 3]
-    h = np.concatenate([values["h"] for values, _ in streamed])
-    x = np.concatenate([values["x"] for values, _ in streamed])
-    np.testing.assert_array_equal(x, np.concatenate([b["x"] for b in batches[:3]]))
-    np.testing.assert_array_equal(h, -x)
+    assert [rows for _, rows in streamed] == [3, 3, 3]  # the batch reaching 7 is the last
+    for i, (values, _) in enumerate(streamed):
+        np.testing.assert_array_equal(values["h"], -batches[i]["x"])
+        assert values["x"] is batches[i]["x"]
     stream = stream_tensors(model, ["h"], batches, provider="cpu")
     first, _ = next(stream)
     stream.close()  # the run going ahead finishes; nothing hangs
-    np.testing.assert_array_equal(first["h"], -batches[0]["x"][:1])
+    np.testing.assert_array_equal(first["h"], -batches[0]["x"])
 
 
-def test_streamed_runs_return_at_most_the_byte_budget_and_fixed_batches_stay_whole(monkeypatch):
+CHAIN = HEADER + "g (float[N, 64] x) => (float[N, 64] y) { h = Neg(x)\n y = Relu(h) }"
+
+
+def test_streamed_runs_hold_at_most_the_byte_budget_and_fixed_batches_stay_whole(monkeypatch):
     monkeypatch.setattr(probe_module, "RUN_BYTES", 2 * (2 * 64 * 4))  # two samples of h, y
-    model = parse(HEADER + "g (float[N, 64] x) => (float[N, 64] y) { h = Neg(x)\n y = Relu(h) }")
     x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
     batches = [{"x": x[:5]}, {"x": x[5:]}]
-    streamed = list(stream_tensors(model, ["h", "y"], batches, provider="cpu"))
-    assert [rows for _, rows in streamed] == [1, 2, 2, 2, 1]  # 5 = 1 + 2 + 2, then 3 = 2 + 1
+    streamed = list(stream_tensors(parse(CHAIN), ["h", "y"], batches, provider="cpu"))
+    assert [rows for _, rows in streamed] == [2, 2, 1, 2, 1]
     np.testing.assert_array_equal(np.concatenate([v["h"] for v, _ in streamed]), -x)
     np.testing.assert_array_equal(np.concatenate([v["y"] for v, _ in streamed]), np.maximum(-x, 0))
-    fixed = parse(HEADER + "g (float[4, 64] x) => (float[4, 64] y) { h = Neg(x)\n y = Relu(h) }")
+    fixed = parse(CHAIN.replace("[N, 64]", "[4, 64]"))
     whole = [{"x": x[:4]}, {"x": x[4:]}]
     assert [r for _, r in stream_tensors(fixed, ["h"], whole, provider="cpu")] == [4, 4]
+
+
+def test_tensors_of_one_sample_over_the_budget_are_read_in_groups(monkeypatch):
+    monkeypatch.setattr(probe_module, "RUN_BYTES", 64 * 4 + 8)  # one tensor of one sample
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    streamed = list(stream_tensors(parse(CHAIN), ["y", "h", "x"], [{"x": x}], provider="cpu"))
+    # a run per sample and group, in graph order; samples counted on the last group
+    assert [(sorted(v), rows) for v, rows in streamed] == [(["h", "x"], 0), (["y"], 1)] * 3
+    np.testing.assert_array_equal(np.concatenate([v["h"] for v, _ in streamed[::2]]), -x)
+    np.testing.assert_array_equal(np.concatenate([v["x"] for v, _ in streamed[::2]]), x)
+    np.testing.assert_array_equal(
+        np.concatenate([v["y"] for v, _ in streamed[1::2]]), np.maximum(-x, 0)
+    )
