@@ -7,6 +7,7 @@ passes of their own, unless the pipeline just ran them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from onnxopt.infra import checks
 from onnxopt.infra.instrument import Instrument, PassResources
 from onnxopt.infra.pass_base import Pass, PassContext
 from onnxopt.infra.pipeline import Pipeline, PipelineStep, parse_pipeline
-from onnxopt.infra.progress import PassProgress, no_progress
+from onnxopt.infra.progress import PassProgress, no_progress, reported_reads
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
 from onnxopt.infra.registry import get_pass_class
 from onnxopt.ir.shapes import check_tensor_sizes
@@ -152,7 +153,10 @@ class PassManager:
             instrument.before_pass(pass_.name)
         snapshot = ctx.analyses.snapshot()
         try:
-            result = pass_.run(copy.deepcopy(model), ctx)
+            step_ctx = dataclasses.replace(
+                ctx, calibration=reported_reads(ctx.calibration, ctx.progress, pass_.name)
+            )
+            result = pass_.run(copy.deepcopy(model), step_ctx)
         except OnnxoptError:
             raise
         except Exception as exc:
