@@ -102,7 +102,9 @@ def make_plan(model: onnx.ModelProto, dtypes: dict[str, int], config: PlanConfig
         if n in active and RULES[node.op_type].kind != "move"
     }
     moves = {
-        n for n, node in candidates.items() if n in active and RULES[node.op_type].kind == "move"
+        n: node
+        for n, node in candidates.items()
+        if n in active and RULES[node.op_type].kind == "move"
     }
     for name, node in candidates.items():
         if name not in active and RULES[node.op_type].kind != "move":
@@ -227,8 +229,8 @@ def _active(graph, index, candidates, fusable) -> set[str]:
     changed = True
     while changed:
         changed = False
-        for node in graph.node:
-            if node.name not in active or RULES[node.op_type].kind == "weighted":
+        for name, node in candidates.items():
+            if name not in active or RULES[node.op_type].kind == "weighted":
                 continue
             if not (
                 _reads_int8(node, index, active, fusable)
@@ -267,26 +269,28 @@ def _feeds_int8(node, index, active, fusable) -> bool:
 
 
 def _reads_quantized(user, tensor, index, active) -> bool:
-    """Whether active node `user` reads `tensor` through a quantized input slot."""
-    if user.name not in active:
+    """Whether active node `user` reads `tensor` through a quantized input slot (an op type
+    outside RULES is opaque: it reads float, whatever its name)."""
+    rule = RULES.get(user.op_type) if is_onnx_domain(user) else None
+    if user.name not in active or rule is None:
         return False
-    rule = RULES[user.op_type]
     if rule.kind == "move":
         return user.input[0] == tensor
     return tensor in activation_inputs(user, rule, index)
 
 
 def _assign_tensors(plan, graph, index, core, active, fusable, config) -> None:
+    """`core`, `active` (the moves): the planned nodes by name."""
     readers = set(core) | set(active)
 
     def needed(tensor: str) -> bool:
         users = index.consumers.get(tensor, [])
         return any(_reads_quantized(u, tensor, index, readers) for u in users)
 
-    for node in graph.node:
-        if node.name in core:
+    for node in graph.node:  # by identity: a node outside RULES may share a name
+        if core.get(node.name) is node:
             _assign_core(plan, node, index, fusable, needed, config)
-        elif node.name in active:
+        elif active.get(node.name) is node:
             plan.nodes.append(node.name)
             plan.op_types[node.name] = node.op_type
             source = node.input[0]
