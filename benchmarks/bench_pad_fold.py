@@ -6,13 +6,15 @@ start; exports of such networks carry an explicit constant-zero `Pad` before eac
 weights, BatchNorm statistics from photos) is rewritten that way: each stride-2 Conv2d gets a
 ZeroPad2d (k=3: 0 before, 1 after; k=5: 1 before, 2 after) and padding 0, then exported.
 
-Quantized four ways (U8S8, per-channel int8 weights, QDQ): onnxopt `quant` without the fold
-(`cleanup{fold_pad=false},quant{prepare=false}`) and with it (plain `quant`, whose cleanup
-folds), ORT `quantize_static` MinMax on the export and on the export after onnxopt's
-`cleanup`. Speed-ups over the fp32 export are timed interleaved in one process (batch 1,
-2 threads); "int8 MACs", the Pads and the activation Q/DQ nodes left come from ORT's optimized
-graph (`int8_coverage`). Fidelity: top-1 agreement and cosine with the fp32 export on new
-crops of the calibration photos and on crops of other photos.
+Quantized five ways (U8S8, per-channel int8 weights, QDQ): onnxopt `quant` without the fold
+(`cleanup{fold_pad=false},quant{prepare=false}`), with it (plain `quant`, whose cleanup
+folds), and with it and an int8 image stem (`float_stem=false`: with the Pad in front, the
+stem conv is not recognized as one, so the unfolded row has it in int8 too), ORT
+`quantize_static` MinMax on the export and on the export after onnxopt's `cleanup`.
+Speed-ups over the fp32 export are timed interleaved in one process (batch 1, 2 threads);
+"int8 MACs", the Pads and the activation Q/DQ nodes left come from ORT's optimized graph
+(`int8_coverage`). Fidelity: top-1 agreement and cosine with the fp32 export on new crops of
+the calibration photos and on crops of other photos.
 
     python -m benchmarks.bench_pad_fold                      # writes its RESULTS.md section
     python -m benchmarks.bench_pad_fold --quick --no-write   # smoke run
@@ -81,6 +83,7 @@ def quantize_all(model: Path, calib: Path, tmp: Path) -> dict[str, Path]:
     runs = {
         "onnxopt quant, Pads kept": "cleanup{fold_pad=false},quant{prepare=false,min_cosine=0}",
         "onnxopt quant, Pads folded": "quant{min_cosine=0}",
+        "onnxopt quant, Pads folded, int8 stem": "quant{min_cosine=0,float_stem=false}",
     }
     for name, passes in runs.items():
         out = tmp / f"{len(paths)}.onnx"

@@ -95,7 +95,7 @@ def make_plan(model: onnx.ModelProto, dtypes: dict[str, int], config: PlanConfig
             continue
         candidates[node.name] = node
     fusable = _fusable_activations(graph, index, candidates, config)
-    active = _active(graph, index, candidates, fusable)
+    active = _active(index, candidates, fusable)
     core = {
         n: node
         for n, node in candidates.items()
@@ -221,7 +221,7 @@ def _zero_inside_clip(node: onnx.NodeProto, index: GraphIndex) -> bool:
     return (low is None or low <= 0) and (high is None or high >= 0)
 
 
-def _active(graph, index, candidates, fusable) -> set[str]:
+def _active(index, candidates, fusable) -> set[str]:
     """Candidates that run in int8: every weighted op, and each other op that reads an int8
     tensor and feeds an int8 reader (a greatest fixpoint: start from all, drop until stable).
     Others would only add Q/DQ round trips around float neighbours."""
