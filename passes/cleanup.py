@@ -129,6 +129,12 @@ def _fold_one(graph: onnx.GraphProto, index: GraphIndex, names: Names, bn) -> st
         return f"{layer.op_type} output has other readers (a node, a subgraph or a graph output)"
     params = [index.constant(name) for name in bn.input[1:5]]
     if any(p is None for p in params):
+        inputs = [name for name in bn.input[1:5] if index.overridable(name)]
+        if inputs:
+            return (
+                f"BatchNormalization parameters are graph inputs ('{inputs[0]}', ...: defaults "
+                "a caller may override), not constants"
+            )
         return "BatchNormalization parameters are not constant"
     weight = index.constant(layer.input[1])
     if weight is None or weight.dtype.kind != "f":

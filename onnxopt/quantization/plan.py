@@ -171,6 +171,11 @@ def _weighted_refusal(node, index, config) -> str | None:
             if config.attention:
                 return None
             return "MatMul of two activations (set attention=true to quantize it)"
+        if index.overridable(node.input[1]):
+            return (
+                f"weight '{node.input[1]}' is also a graph input (a default a caller may "
+                "override), not a constant"
+            )
         return "weight is not a constant"
     if weight.dtype != np.float32:
         return f"weight is {weight.dtype}, not float32"

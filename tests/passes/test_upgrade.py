@@ -147,3 +147,20 @@ def test_share_codebooks_upgrade_an_opset_9_model_to_11(data):
         share.status == "changed" and share.stats["bytes_after"] < share.stats["bytes_before"] / 3
     )
     assert {"BitShift", "GatherElements"} <= {n.op_type for n in result.model.graph.node}
+
+
+def test_weights_listed_as_inputs_from_ir_4_on_stay_inputs_and_say_so(data):
+    """From IR 4 on an initializer that is also a graph input is a default a caller may
+    override: not folded, not quantized, and the report says which input it is."""
+    model = zoo_cnn(9)
+    weights = [(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer]
+    model.graph.input.extend([helper.make_tensor_value_info(*w) for w in weights])
+    result = api.optimize(model, passes="quant", calib=data[0], val=data[1])
+    upgrade, cleanup, quant = result.report.passes
+    assert upgrade.status == "changed" and len(result.model.graph.input) == 1 + len(weights)
+    assert cleanup.stats["bn_folded"] == 0
+    assert any("parameters are graph inputs ('bn1_s'" in s for s in cleanup.skipped)
+    assert quant.status == "unchanged"
+    assert "Conv 'res2a' stays float: weight 'res2a_w' is also a graph input" in " ".join(
+        quant.skipped
+    )
