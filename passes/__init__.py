@@ -8,7 +8,16 @@ from onnxopt.passes.distill import DistillPass
 from onnxopt.passes.prune import PrunePass
 from onnxopt.passes.quant import QuantPass
 from onnxopt.passes.share import SharePass
+from onnxopt.passes.upgrade import UpgradePass
 
-BUILTIN_PASSES = (CleanupPass, PrunePass, QuantPass, SharePass, DistillPass)
+BUILTIN_PASSES = (CleanupPass, PrunePass, QuantPass, SharePass, DistillPass, UpgradePass)
 
-__all__ = ["BUILTIN_PASSES", "CleanupPass", "DistillPass", "PrunePass", "QuantPass", "SharePass"]
+__all__ = [
+    "BUILTIN_PASSES",
+    "CleanupPass",
+    "DistillPass",
+    "PrunePass",
+    "QuantPass",
+    "SharePass",
+    "UpgradePass",
+]

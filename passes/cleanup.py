@@ -9,6 +9,10 @@ Rewrites, in the main graph:
   `fold_limit_mb`; a folding error is reported, never hidden, and folding is then skipped.
   Codebook decoders and transposed views of deduplicated constants (`share`) are kept:
   folding them would undo the compression, and ONNX Runtime folds them at session load.
+- Pad with constant zero padding of the spatial axes whose only reader is a Conv (or an
+  AveragePool counting pads) with explicit pads: added to the reader's pads (TF-style SAME
+  exports; ORT keeps such a Pad in float between Q/DQ pairs). The rule and each reason a Pad
+  is kept: `onnxopt.ir.pad_fold`.
 - Nodes and initializers no output depends on: removed; nodes sorted topologically.
 
 Refuses (and reports) a fold when a weight is not constant or the layer's output has other readers.
@@ -38,6 +42,7 @@ from onnxopt.ir.graph import (
 )
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, stored_bytes
 from onnxopt.ir.layers import along_output_channels, output_channels
+from onnxopt.ir.pad_fold import fold_pads
 from onnxopt.ir.shapes import ShapeInfo
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,9 @@ class CleanupOptions:
         64.0, "do not fold constants whose result exceeds this size (MB)", low=0
     )
     remove_passthrough: bool = option(True, "remove Identity, inference Dropout and no-op Reshape")
+    fold_pad: bool = option(
+        True, "fold a constant zero Pad into the Conv/AveragePool that reads it"
+    )
 
 
 class CleanupPass(Pass[CleanupOptions]):
@@ -82,12 +90,16 @@ class CleanupPass(Pass[CleanupOptions]):
                 skipped.append(
                     f"constant folding skipped: {type(exc).__name__}: {exc}".splitlines()[0]
                 )
+        if self.options.fold_pad:
+            stats["pads_folded"], kept = fold_pads(model.graph)
+            skipped.extend(kept)
         if self.options.fold_bn:
             stats["bn_folded"] = _fold_batchnorms(model.graph, skipped)
         stats["dead_removed"] = remove_dead_code(model)
         stats["nodes_after"] = len(model.graph.node)
         changed = (
             stats["bn_folded"] > 0
+            or stats.get("pads_folded", 0) > 0
             or stats["passthrough_removed"] > 0
             or stats["nodes_after"] != stats["nodes_before"]
             or len(model.graph.initializer) != initializers_before
@@ -117,6 +129,12 @@ def _fold_one(graph: onnx.GraphProto, index: GraphIndex, names: Names, bn) -> st
         return f"{layer.op_type} output has other readers (a node, a subgraph or a graph output)"
     params = [index.constant(name) for name in bn.input[1:5]]
     if any(p is None for p in params):
+        inputs = [name for name in bn.input[1:5] if index.overridable(name)]
+        if inputs:
+            return (
+                f"BatchNormalization parameters are graph inputs ('{inputs[0]}', ...: defaults "
+                "a caller may override), not constants"
+            )
         return "BatchNormalization parameters are not constant"
     weight = index.constant(layer.input[1])
     if weight is None or weight.dtype.kind != "f":

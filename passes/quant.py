@@ -58,11 +58,13 @@ class QuantPass(Pass[QuantOptions]):
         return Fidelity(min_cosine=min(targets))
 
     def prerequisites(self, model: onnx.ModelProto) -> tuple[str, ...]:
-        """`cleanup` (BatchNorm and constant folding) first when `prepare` is on, unless the
-        model is one this pass declines."""
-        if not self.options.prepare or decline_reason(model) is not None:
+        """The opset upgrade a model below opset 10 needs (see `Pass.prerequisites`), then
+        `cleanup` (BatchNorm and constant folding) when `prepare` is on, unless the model is
+        already quantized (declined)."""
+        if quantized_ops(model):
             return ()
-        return ("cleanup",)
+        upgrade = super().prerequisites(model)
+        return (*upgrade, "cleanup") if self.options.prepare else upgrade
 
     def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
         super().check_applicable(model, ctx)
@@ -92,9 +94,14 @@ class QuantPass(Pass[QuantOptions]):
 
 def decline_reason(model: onnx.ModelProto) -> str | None:
     """Why the model must be left alone, or None."""
-    present = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES})
+    present = quantized_ops(model)
     if present:
         return f"model declined: already quantized ({', '.join(present)} present)"
     if default_opset(model) < 10:
         return "model declined: opset < 10 has no QuantizeLinear/DequantizeLinear"
     return None
+
+
+def quantized_ops(model: onnx.ModelProto) -> list[str]:
+    """The quantized op types present in the main graph, sorted."""
+    return sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES})

@@ -29,7 +29,14 @@ from __future__ import annotations
 import onnx
 
 from onnxopt.errors import OptionError, PassRefused
-from onnxopt.infra.pass_base import EXACT, Fidelity, Pass, PassContext, PassResult
+from onnxopt.infra.pass_base import (
+    EXACT,
+    Fidelity,
+    Pass,
+    PassContext,
+    PassResult,
+    upgrade_steps,
+)
 from onnxopt.ir.codebook import MIN_OPSET
 from onnxopt.ir.graph import default_opset
 from onnxopt.sharing.options import ShareOptions
@@ -52,12 +59,18 @@ class SharePass(Pass[ShareOptions]):
     def fidelity(self) -> Fidelity:
         return Fidelity(min_cosine=self.options.min_cosine) if self.options.codebooks else EXACT
 
-    def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
-        super().check_applicable(model, ctx)
-        if self.options.codebooks and default_opset(model) < MIN_OPSET:
+    def prerequisites(self, model: onnx.ModelProto) -> tuple[str, ...]:
+        """Codebooks decode with BitShift and GatherElements: an older model is upgraded to
+        opset 11 first (see `Pass.prerequisites`)."""
+        return upgrade_steps(model, MIN_OPSET) if self.options.codebooks else ()
+
+    def check_opset(self, model: onnx.ModelProto, opset: int | None = None) -> None:
+        super().check_opset(model, opset)
+        opset = default_opset(model) if opset is None else opset
+        if self.options.codebooks and opset < MIN_OPSET:
             raise PassRefused(
                 f"pass 'share' codebooks need opset >= {MIN_OPSET} (BitShift, GatherElements), "
-                f"the model has opset {default_opset(model)}: convert it first or use plain 'share'"
+                f"the model has opset {opset}: convert it first or use plain 'share'"
             )
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:

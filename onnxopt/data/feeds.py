@@ -228,13 +228,15 @@ def feeds_up_to(data: Iterable[Feed], max_samples: int | None) -> Iterator[Feed]
 
 def feeds_cut_at(data: Iterable[Feed], samples: int) -> Iterator[Feed]:
     """The batches of `data` holding its first `samples` samples: the last one cut to fit
-    (`feeds_up_to` keeps it whole)."""
+    (`feeds_up_to` keeps it whole), unless `data` is for a model of static batch, which
+    cannot run a cut batch: there the last one stays whole."""
+    fixed = static_batch(getattr(data, "specs", [])) is not None
     seen = 0
     for feed in data:
         if seen >= samples:
             return
         rows = feed_rows(feed)
-        take = min(rows, samples - seen)
+        take = rows if fixed else min(rows, samples - seen)
         yield {k: v[:take] for k, v in feed.items()} if take < rows else feed
         seen += take
 

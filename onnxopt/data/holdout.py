@@ -95,6 +95,12 @@ def _fixed(source: DataSource) -> bool:
     return static_batch(getattr(source, "specs", [])) is not None
 
 
+def split_unit(source: DataSource) -> int:
+    """The row count every part of a split of `source` must be a multiple of: the model's
+    static batch (a part of fewer rows is dropped by RowSubset, not run), else 1."""
+    return static_batch(getattr(source, "specs", [])) or 1
+
+
 def count_samples(source: DataSource) -> tuple[int, str]:
     """(samples, why the source cannot be split by sample or '')."""
     counts = getattr(source, "counts", None)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 from onnxopt.data.sources import DataSource
 from onnxopt.infra.pass_base import Fidelity
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, save_model, stored_bytes
+from onnxopt.ir.opset import weight_inputs
 from onnxopt.runtime.fidelity import FidelityReport, compare_sessions
 from onnxopt.runtime.session import (
     first_line,
@@ -40,10 +41,15 @@ def interface_error(before: onnx.ModelProto, after: onnx.ModelProto) -> str | No
     """How `after` changed the graph's inputs or outputs (names, order, element types), or None.
 
     A graph input with a default value (an initializer of the same name) stays an input: a
-    caller may feed it.
+    caller may feed it; but before IR 4 every initializer was listed as an input, and those
+    entries are weights, not part of the interface (see `onnxopt.ir.opset`).
     """
+    weights = weight_inputs(before)
     for kind in ("input", "output"):
         old, new = getattr(before.graph, kind), getattr(after.graph, kind)
+        if kind == "input":
+            old = [v for v in old if v.name not in weights]
+            new = [v for v in new if v.name not in weights]
         old_names, new_names = [v.name for v in old], [v.name for v in new]
         if old_names != new_names:
             return f"graph {kind}s changed: {_names(old_names)} -> {_names(new_names)}"

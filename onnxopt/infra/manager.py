@@ -26,6 +26,7 @@ from onnxopt.infra.pipeline import Pipeline, PipelineStep, parse_pipeline
 from onnxopt.infra.progress import PassProgress, no_progress, reported_reads
 from onnxopt.infra.records import PassRecord, RunReport, write_metadata
 from onnxopt.infra.registry import get_pass_class
+from onnxopt.ir.graph import default_opset
 from onnxopt.ir.shapes import check_tensor_sizes
 from onnxopt.runtime.session import try_session
 
@@ -211,8 +212,12 @@ class PassManager:
         check_tensor_sizes(model)
         ctx = PassContext(calibration=self.calibration)
         for pass_ in self.passes:
+            opset = default_opset(model)
             for _, prerequisite, _ in self._prerequisites(pass_, model, []):
+                prerequisite.check_opset(model, opset)
                 prerequisite.check_applicable(model, ctx)
+                opset = prerequisite.opset_after(opset)
+            pass_.check_opset(model, opset)
             pass_.check_applicable(model, ctx)
 
     def _gate_samples(self, data: DataSource) -> int | None:

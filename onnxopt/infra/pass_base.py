@@ -14,6 +14,7 @@ from onnxopt.infra.analysis import AnalysisCache
 from onnxopt.infra.options import NoOptions
 from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.ir.graph import default_opset
+from onnxopt.ir.opset import OLDEST_UPGRADABLE_OPSET, newest_convertible_opset
 
 if TYPE_CHECKING:
     from onnxopt.data.sources import DataSource
@@ -110,13 +111,19 @@ class Pass(ABC, Generic[OptionsT]):
 
         The manager runs each as a pass of its own (contract, instruments, gate, a report row)
         unless the step that ran right before is already that step. A pass never runs another
-        pass by hand; it asks for it here.
+        pass by hand; it asks for it here. By default: `upgrade{opset=min_opset}` when the
+        model's opset is below `min_opset` but one the converter starts from.
         """
-        return ()
+        return upgrade_steps(model, self.min_opset)
 
-    def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
-        """Raise PassRefused/InputError when the pass cannot run on `model` at all."""
-        opset = default_opset(model)
+    def opset_after(self, opset: int) -> int:
+        """The default-domain opset a model of `opset` has after this pass (most keep it)."""
+        return opset
+
+    def check_opset(self, model: onnx.ModelProto, opset: int | None = None) -> None:
+        """Raise PassRefused when the model (at `opset`, default its own: the opset it will
+        have once the prerequisites ran) is below `min_opset` or imports no ai.onnx opset."""
+        opset = default_opset(model) if opset is None else opset
         if opset == 0 and self.min_opset > 1:
             domains = ", ".join(sorted({o.domain for o in model.opset_import})) or "none"
             raise PassRefused(
@@ -124,14 +131,25 @@ class Pass(ABC, Generic[OptionsT]):
                 f"opset (its domains: {domains})"
             )
         if opset < self.min_opset:
+            if opset < OLDEST_UPGRADABLE_OPSET:
+                why = f"onnxopt upgrades models from opset {OLDEST_UPGRADABLE_OPSET} on"
+            elif self.min_opset > newest_convertible_opset():
+                why = f"onnx's converter reaches opset {newest_convertible_opset()} at most"
+            else:
+                why = f"run '{UPGRADE_PASS}{{opset={self.min_opset}}}' before it"
             raise PassRefused(
                 f"pass '{self.name}' needs opset >= {self.min_opset}, the model has opset {opset} "
-                "(convert it with onnx.version_converter first)"
+                f"({why})"
             )
+
+    def check_applicable(self, model: onnx.ModelProto, ctx: PassContext) -> None:
+        """Raise PassRefused/InputError when the pass cannot run at all (besides the opset:
+        `check_opset`)."""
         if self.requires_calibration():
             ctx.require_calibration(self.name)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        self.check_opset(model)
         self.check_applicable(model, ctx)
         result = self.apply(model, ctx)
         self._check_contract(result)
@@ -148,3 +166,17 @@ class Pass(ABC, Generic[OptionsT]):
         json.dumps(result.stats)
         if not all(isinstance(reason, str) for reason in result.skipped):
             raise TypeError(f"pass '{self.name}' reported non-text skip reasons")
+
+
+UPGRADE_PASS = "upgrade"
+"""The registered name of the pass that converts a model's opset (passes/upgrade.py)."""
+
+
+def upgrade_steps(model: onnx.ModelProto, min_opset: int) -> tuple[str, ...]:
+    """`upgrade{opset=min_opset}` when `model` is below `min_opset`, at least at
+    OLDEST_UPGRADABLE_OPSET, and `min_opset` is one the converter writes; else nothing (the
+    pass then refuses the model in `check_opset`)."""
+    opset = default_opset(model)
+    if OLDEST_UPGRADABLE_OPSET <= opset < min_opset <= newest_convertible_opset():
+        return (f"{UPGRADE_PASS}{{opset={min_opset}}}",)
+    return ()

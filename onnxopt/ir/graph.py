@@ -84,6 +84,11 @@ class GraphIndex:
         node = self.producer.get(name)
         return node is not None and node.op_type == "Constant" and is_onnx_domain(node)
 
+    def overridable(self, name: str) -> bool:
+        """Whether `name` is an initializer that is also a graph input: a default a caller may
+        override, so not a constant (exports of the opset-9 era list every weight so)."""
+        return name in self.initializers and name in self.graph_inputs
+
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor, or None if `name` is not a constant."""
         if name in self.initializers:

@@ -107,7 +107,8 @@ class HeldOutRefit:
     The ridge is the one with the least error on the held-out samples among those that move
     the weights at most `max_move` (relative) from the pruned ones; the refit is applied only
     when it beats the pruned weights there. Without held-out samples the given ridge (else
-    DEFAULT_RIDGE) is applied unchecked.
+    DEFAULT_RIDGE) is applied unchecked. Without rows to fit there is nothing to solve: the
+    pruned weights stay, reported as not applied.
     """
 
     def __init__(self, intercept: bool) -> None:
@@ -120,6 +121,8 @@ class HeldOutRefit:
     def choose(
         self, w0: np.ndarray, b0: np.ndarray | float, ridge: float | None, max_move: float
     ) -> RefitChoice:
+        if not self.fit.n:
+            return RefitChoice(w0, None, False, None, 0.0, None, None, 0.0)
         grid = RIDGE_GRID if ridge is None else (ridge,)
         mx, my = self.fit.means()
         norm0 = max(float(np.linalg.norm(w0)), 1e-12)

@@ -29,7 +29,7 @@ import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
 from onnxopt.data.feeds import feeds_cut_at
-from onnxopt.data.holdout import count_samples, row_range
+from onnxopt.data.holdout import count_samples, row_range, split_unit
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import GraphIndex, make_tensor, node_attr, set_attribute
@@ -72,16 +72,21 @@ def refit_data(data: DataSource, settings: RefitSettings) -> RefitData:
     """The first `samples` calibration samples to fit, the next `held_out` to judge the fit.
 
     With fewer samples than both, a quarter of what there is is held out (none below
-    MIN_HELD_OUT: the refit is then applied unchecked)."""
+    MIN_HELD_OUT: the refit is then applied unchecked). With a static batch both parts are
+    whole batches (a model of batch 16 cannot run 12 rows): a calibration set of one batch
+    is fitted whole, with nothing held out."""
     total, reason = count_samples(data) if settings.held_out else (0, "no held-out samples")
     if reason:
         return RefitData(data, None)
+    unit = split_unit(data)
     held = settings.held_out
     fit = settings.samples
     if total < fit + held:
         held = min(held, total // 4)
         fit = total - held
-    if held < MIN_HELD_OUT:
+    held -= held % unit
+    fit -= fit % unit
+    if held < MIN_HELD_OUT or fit == 0:
         return RefitData(data, None)
     return RefitData(
         row_range(data, 0, fit, "refit samples"),

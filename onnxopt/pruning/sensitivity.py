@@ -25,6 +25,7 @@ import onnx
 
 from onnxopt.analyses.channel_groups import ChannelGroups
 from onnxopt.data.feeds import feed_rows, feeds_up_to, take_rows
+from onnxopt.data.holdout import split_unit
 from onnxopt.data.sources import DataSource, Feed, IterableSource, input_specs
 from onnxopt.ir.shapes import ShapeInfo
 from onnxopt.pruning.reconstruct import RefitData, RefitSettings, reconstruct
@@ -45,15 +46,24 @@ class Probe:
 
 
 def split_samples(data: DataSource, first: int) -> tuple[list[Feed], list[Feed]] | None:
-    """The first `first` samples and the next as many (fewer: half and half), or None (< 4)."""
+    """The first `first` samples and the next as many (fewer: half and half), or None (< 4,
+    or, for a model of static batch, less than a whole batch each)."""
     feeds = list(feeds_up_to(data, 2 * first))
     total = sum(feed_rows(f) for f in feeds)
-    if total < 4:
+    unit = split_unit(data)
+    cut = min(max(first, unit), total // 2)
+    cut -= cut % unit
+    if total < 4 or cut == 0:
         return None
-    cut = min(first, total // 2)
     fit, rest = take_rows(feeds, cut)
     held, _ = take_rows(rest, cut)
-    return [fit], [held]
+    if unit == 1:
+        return [fit], [held]
+    return _batches(fit, unit), _batches(held, unit)
+
+
+def _batches(feed: Feed, size: int) -> list[Feed]:
+    return [{k: v[i : i + size] for k, v in feed.items()} for i in range(0, feed_rows(feed), size)]
 
 
 def probe_groups(

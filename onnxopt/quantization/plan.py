@@ -95,14 +95,16 @@ def make_plan(model: onnx.ModelProto, dtypes: dict[str, int], config: PlanConfig
             continue
         candidates[node.name] = node
     fusable = _fusable_activations(graph, index, candidates, config)
-    active = _active(graph, index, candidates, fusable)
+    active = _active(index, candidates, fusable)
     core = {
         n: node
         for n, node in candidates.items()
         if n in active and RULES[node.op_type].kind != "move"
     }
     moves = {
-        n for n, node in candidates.items() if n in active and RULES[node.op_type].kind == "move"
+        n: node
+        for n, node in candidates.items()
+        if n in active and RULES[node.op_type].kind == "move"
     }
     for name, node in candidates.items():
         if name not in active and RULES[node.op_type].kind != "move":
@@ -169,6 +171,11 @@ def _weighted_refusal(node, index, config) -> str | None:
             if config.attention:
                 return None
             return "MatMul of two activations (set attention=true to quantize it)"
+        if index.overridable(node.input[1]):
+            return (
+                f"weight '{node.input[1]}' is also a graph input (a default a caller may "
+                "override), not a constant"
+            )
         return "weight is not a constant"
     if weight.dtype != np.float32:
         return f"weight is {weight.dtype}, not float32"
@@ -219,7 +226,7 @@ def _zero_inside_clip(node: onnx.NodeProto, index: GraphIndex) -> bool:
     return (low is None or low <= 0) and (high is None or high >= 0)
 
 
-def _active(graph, index, candidates, fusable) -> set[str]:
+def _active(index, candidates, fusable) -> set[str]:
     """Candidates that run in int8: every weighted op, and each other op that reads an int8
     tensor and feeds an int8 reader (a greatest fixpoint: start from all, drop until stable).
     Others would only add Q/DQ round trips around float neighbours."""
@@ -227,8 +234,8 @@ def _active(graph, index, candidates, fusable) -> set[str]:
     changed = True
     while changed:
         changed = False
-        for node in graph.node:
-            if node.name not in active or RULES[node.op_type].kind == "weighted":
+        for name, node in candidates.items():
+            if name not in active or RULES[node.op_type].kind == "weighted":
                 continue
             if not (
                 _reads_int8(node, index, active, fusable)
@@ -267,26 +274,28 @@ def _feeds_int8(node, index, active, fusable) -> bool:
 
 
 def _reads_quantized(user, tensor, index, active) -> bool:
-    """Whether active node `user` reads `tensor` through a quantized input slot."""
-    if user.name not in active:
+    """Whether active node `user` reads `tensor` through a quantized input slot (an op type
+    outside RULES is opaque: it reads float, whatever its name)."""
+    rule = RULES.get(user.op_type) if is_onnx_domain(user) else None
+    if user.name not in active or rule is None:
         return False
-    rule = RULES[user.op_type]
     if rule.kind == "move":
         return user.input[0] == tensor
     return tensor in activation_inputs(user, rule, index)
 
 
 def _assign_tensors(plan, graph, index, core, active, fusable, config) -> None:
+    """`core`, `active` (the moves): the planned nodes by name."""
     readers = set(core) | set(active)
 
     def needed(tensor: str) -> bool:
         users = index.consumers.get(tensor, [])
         return any(_reads_quantized(u, tensor, index, readers) for u in users)
 
-    for node in graph.node:
-        if node.name in core:
+    for node in graph.node:  # by identity: a node outside RULES may share a name
+        if core.get(node.name) is node:
             _assign_core(plan, node, index, fusable, needed, config)
-        elif node.name in active:
+        elif active.get(node.name) is node:
             plan.nodes.append(node.name)
             plan.op_types[node.name] = node.op_type
             source = node.input[0]

@@ -17,6 +17,7 @@ from onnxopt.analyses.input_moments import collect_layers
 from onnxopt.data.sources import DataSource
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.graph import default_opset
+from onnxopt.ir.opset import OpsetConversionError, upgrade_opset
 from onnxopt.ir.qdq import ensure_node_names
 from onnxopt.ir.shapes import infer_shapes
 from onnxopt.quantization.bias_correction import CORRECTED_OPS, measure_shift
@@ -248,13 +249,9 @@ class QuantRun:
         if not self.options.per_channel or default_opset(model) >= 13:
             return model, self.options.per_channel
         try:
-            converted = onnx.version_converter.convert_version(model, 13)
-            onnx.checker.check_model(converted)
-        except Exception as exc:  # the converter raises several unrelated types
-            self.skipped.append(
-                f"per-channel weights need opset 13 and conversion from opset "
-                f"{default_opset(model)} failed ({type(exc).__name__}); weights per tensor"
-            )
+            converted = upgrade_opset(model, 13)
+        except OpsetConversionError as exc:
+            self.skipped.append(f"per-channel weights need opset 13 ({exc}); weights per tensor")
             return model, False
         self.stats["converted_opset"] = [default_opset(model), 13]
         return converted, True

@@ -42,7 +42,8 @@ def test_full_text_lists_every_option():
     text = parse_pipeline("cleanup").to_text(full=True)
     assert (
         text
-        == "cleanup{fold_bn=true,fold_constants=true,fold_limit_mb=64.0,remove_passthrough=true}"
+        == "cleanup{fold_bn=true,fold_constants=true,fold_limit_mb=64.0,remove_passthrough=true,"
+        "fold_pad=true}"
     )
 
 

@@ -421,7 +421,7 @@ def test_bits_and_target_ratio_together_is_an_option_error(digits_model, tmp_pat
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_codebooks_refuse_opset_below_11_but_dedup_runs(tmp_path):
+def _two_matmuls(tmp_path, opset: int):
     weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     graph = helper.make_graph(
         [
@@ -433,14 +433,24 @@ def test_codebooks_refuse_opset_below_11_but_dedup_runs(tmp_path):
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 64])],
         [onnx.numpy_helper.from_array(weight, "W"), onnx.numpy_helper.from_array(weight, "V")],
     )
-    path = tmp_path / "old.onnx"
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4), path
-    )
-    refused = run_cli("optimize", path, "--passes", "share{bits=4}", "-o", tmp_path / "a.onnx")
+    path = tmp_path / f"old{opset}.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 4
+    onnx.save(model, path)
+    return path
+
+
+def test_codebooks_upgrade_an_opset_9_model_and_refuse_below_7_but_dedup_runs(tmp_path):
+    path = _two_matmuls(tmp_path, 9)
+    upgraded = run_cli("optimize", path, "--passes", "share{bits=4}", "-o", tmp_path / "a.onnx")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "upgrade{opset=11} (for share)" in upgraded.stdout
+    assert onnx.load(tmp_path / "a.onnx").opset_import[0].version == 11
+    old = _two_matmuls(tmp_path, 6)
+    refused = run_cli("optimize", old, "--passes", "share{bits=4}", "-o", tmp_path / "c.onnx")
     assert refused.returncode == 2 and "opset >= 11" in refused.stderr
     assert refused.stderr.strip().count("\n") == 0
-    plain = run_cli("optimize", path, "--passes", "share", "-o", tmp_path / "b.onnx")
+    plain = run_cli("optimize", old, "--passes", "share", "-o", tmp_path / "b.onnx")
     assert plain.returncode == 0, plain.stderr
     assert len(onnx.load(tmp_path / "b.onnx").graph.initializer) == 1
 
