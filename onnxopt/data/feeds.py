@@ -59,12 +59,17 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise InputError(
                 f"input '{value.name}' has no usable element type ({tensor_type.elem_type})"
             ) from None
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in tensor_type.shape.dim
-        )
+        shape = tuple(_dim(d) for d in tensor_type.shape.dim)
         specs.append(InputSpec(value.name, dtype, shape))
     return specs
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    """A static size, a symbol, or None; a negative size (Paddle2ONNX writes -1 for a dynamic
+    dim, as ONNX Runtime reads it) is unknown."""
+    if dim.HasField("dim_value"):
+        return dim.dim_value if dim.dim_value >= 0 else None
+    return dim.dim_param or None
 
 
 def check_feed(feed: Feed, specs: list[InputSpec], origin: str) -> None:
