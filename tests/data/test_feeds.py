@@ -22,8 +22,8 @@ def test_feeds_up_to_keeps_whole_batches_and_feeds_cut_at_cuts_the_last():
 
 
 def _paddle_style_conv() -> onnx.ModelProto:
-    """Conv + BatchNormalization whose input says -1 for its dynamic dims, as Paddle2ONNX
-    writes them (the PP-OCR direction classifier: float32[-1,3,?,?])."""
+    """Conv + BatchNormalization whose input has -1 and '?' for its dynamic dims, as
+    Paddle2ONNX writes them (the PP-OCR direction classifier: float32[-1,3,'?','?'])."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(3)
@@ -40,14 +40,14 @@ def _paddle_style_conv() -> onnx.ModelProto:
             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"]),
         ],
         "paddle_style",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def test_a_negative_dim_is_dynamic_and_a_paddle_style_input_is_fed():
+def test_negative_and_question_mark_dims_are_unknown_and_a_paddle_style_input_is_fed():
     import onnxruntime as ort
 
     from onnxopt.api import optimize
