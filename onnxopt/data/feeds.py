@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from onnxopt.errors import InputError
-from onnxopt.ir.shapes import Dim
+from onnxopt.ir.shapes import Dim, declared_dim
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +59,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise InputError(
                 f"input '{value.name}' has no usable element type ({tensor_type.elem_type})"
             ) from None
-        shape = tuple(_dim(d) for d in tensor_type.shape.dim)
+        shape = tuple(declared_dim(d) for d in tensor_type.shape.dim)
         specs.append(InputSpec(value.name, dtype, shape))
     return specs
-
-
-UNKNOWN_SYMBOLS = frozenset({"?"})
-"""Symbols that exporters write for "unknown", not as a name: two dims of one such symbol are
-not bound to one size (Paddle2ONNX gives a classifier's height and width both '?')."""
-
-
-def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
-    """A static size, a symbol, or None; a negative size (Paddle2ONNX writes -1 for a dynamic
-    dim, as ONNX Runtime reads it) and an unknown-marker symbol are None."""
-    if dim.HasField("dim_value"):
-        return dim.dim_value if dim.dim_value >= 0 else None
-    return None if dim.dim_param in UNKNOWN_SYMBOLS else (dim.dim_param or None)
 
 
 def check_feed(feed: Feed, specs: list[InputSpec], origin: str) -> None:

@@ -21,7 +21,7 @@ def test_feeds_up_to_keeps_whole_batches_and_feeds_cut_at_cuts_the_last():
     assert [feed_rows(f) for f in feeds_cut_at(FEEDS, 100)] == [4, 4, 4]
 
 
-def _paddle_style_conv() -> onnx.ModelProto:
+def paddle_style_conv() -> onnx.ModelProto:
     """Conv + BatchNormalization whose input has -1 and '?' for its dynamic dims, as
     Paddle2ONNX writes them (the PP-OCR direction classifier: float32[-1,3,'?','?'])."""
     from onnx import TensorProto, helper, numpy_helper
@@ -53,7 +53,7 @@ def test_negative_and_question_mark_dims_are_unknown_and_a_paddle_style_input_is
     from onnxopt.api import optimize
     from onnxopt.data.feeds import check_feed, input_specs
 
-    model = _paddle_style_conv()
+    model = paddle_style_conv()
     specs = input_specs(model)
     assert specs[0].shape == (None, 3, None, None)
     rng = np.random.default_rng(4)
