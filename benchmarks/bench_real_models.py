@@ -264,7 +264,7 @@ def section(rows: list[dict], args) -> str:
 `python -m benchmarks.bench_real_models --calib {args.calib} --heldout {args.heldout}
 --runs {args.runs}` (each model's rows come from one run of it; `--only` redoes some models,
 the others' rows are read back from `benchmarks/out/`) on this machine (2 cores shared with
-other engineers' runs: load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end;
+other engineers' runs: load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} when this was written;
 ONNX Runtime {version} CPU). Models from the wheels {wheels}
 (`tests/realmodels/fetch.py`, pinned by sha256). Inputs (`tests/realmodels/inputs.py`):
 **calibration** {args.calib} samples and **held-out** {args.heldout} samples from
