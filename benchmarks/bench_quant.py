@@ -263,16 +263,14 @@ def ort_quantize(spec: dict) -> None:
 
     class Reader(CalibrationDataReader):
         def __init__(self, path: str) -> None:
-            with np.load(path) as data:
-                self.images = data["input"]
+            self.feeds = ort_calibration_feeds(Path(path))
             self.position = 0
 
         def get_next(self):
-            if self.position >= len(self.images):
+            if self.position >= len(self.feeds):
                 return None
-            batch = self.images[self.position : self.position + ORT_BATCH]
-            self.position += ORT_BATCH
-            return {"input": batch}
+            self.position += 1
+            return self.feeds[self.position - 1]
 
     prepared = spec["out"] + ".pre.onnx"
     try:
@@ -290,6 +288,24 @@ def ort_quantize(spec: dict) -> None:
         weight_type=QuantType.QInt8,
         calibrate_method=getattr(CalibrationMethod, spec["options"]["method"]),
     )
+
+
+def ort_calibration_feeds(path: Path) -> list[dict[str, np.ndarray]]:
+    """ORT's calibration feeds: an .npz cut into batches of ORT_BATCH along axis 0 (every
+    array of it, by input name), or a folder of .npz files, each one whole feed."""
+    if path.is_dir():
+        feeds = []
+        for file in sorted(path.glob("*.npz")):
+            with np.load(file) as data:
+                feeds.append({key: data[key] for key in data.files})
+        return feeds
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    rows = len(next(iter(arrays.values())))
+    return [
+        {key: array[start : start + ORT_BATCH] for key, array in arrays.items()}
+        for start in range(0, rows, ORT_BATCH)
+    ]
 
 
 def run_child(spec: dict) -> tuple[float, float, dict]:

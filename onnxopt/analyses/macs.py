@@ -23,7 +23,7 @@ import onnx
 
 from onnxopt.errors import InputError
 from onnxopt.ir.graph import GraphIndex, node_attr
-from onnxopt.ir.shapes import Dim, ShapeInfo, infer_shapes
+from onnxopt.ir.shapes import Dim, ShapeInfo, declared_dim, infer_shapes
 from onnxopt.ir.tensors import iter_graphs
 
 log = logging.getLogger(__name__)
@@ -258,11 +258,12 @@ def with_input_shapes(
         if declared and (
             len(declared) != len(shape)
             or any(
-                d.HasField("dim_value") and d.dim_value != s
+                isinstance(declared_dim(d), int) and d.dim_value != s
                 for d, s in zip(declared, shape, strict=True)
             )
         ):
-            dims = "x".join(str(d.dim_value) if d.HasField("dim_value") else "?" for d in declared)
+            sizes = [declared_dim(d) for d in declared]
+            dims = "x".join(str(d) if isinstance(d, int) else "?" for d in sizes)
             raise InputError(f"--shape {name}:{'x'.join(map(str, shape))} does not fit [{dims}]")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

@@ -18,7 +18,7 @@ from onnx import helper
 
 from onnxopt.analyses.macs import MacsReport, count_macs
 from onnxopt.analyses.stats import parameter_count
-from onnxopt.ir.shapes import Dim
+from onnxopt.ir.shapes import Dim, declared_dim
 from onnxopt.ir.tensors import iter_graphs, iter_stored_tensors
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,7 @@ def _value_infos(values, skip: set[str]) -> list[TensorInfo]:
         dtype = _dtype_name(tensor_type.elem_type)
         shape = None
         if tensor_type.HasField("shape"):
-            shape = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in tensor_type.shape.dim
-            ]
+            shape = [declared_dim(d) for d in tensor_type.shape.dim]
         infos.append(TensorInfo(value.name, dtype, shape))
     return infos
 

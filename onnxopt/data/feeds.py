@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from onnxopt.errors import InputError
-from onnxopt.ir.shapes import Dim
+from onnxopt.ir.shapes import Dim, declared_dim
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise InputError(
                 f"input '{value.name}' has no usable element type ({tensor_type.elem_type})"
             ) from None
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in tensor_type.shape.dim
-        )
+        shape = tuple(declared_dim(d) for d in tensor_type.shape.dim)
         specs.append(InputSpec(value.name, dtype, shape))
     return specs
 

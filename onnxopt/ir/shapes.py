@@ -127,7 +127,7 @@ def _collect(model: onnx.ModelProto, engine: str) -> ShapeInfo:
         if tensor_type.elem_type:
             info.dtypes[value.name] = tensor_type.elem_type
         if tensor_type.HasField("shape"):
-            info.shapes[value.name] = tuple(_dim(d) for d in tensor_type.shape.dim)
+            info.shapes[value.name] = tuple(declared_dim(d) for d in tensor_type.shape.dim)
     for init in graph.initializer:
         info.shapes[init.name] = tuple(init.dims)
         info.dtypes[init.name] = init.data_type
@@ -135,11 +135,19 @@ def _collect(model: onnx.ModelProto, engine: str) -> ShapeInfo:
     return info
 
 
-def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+UNKNOWN_SYMBOLS = frozenset({"?"})
+"""Symbols that exporters write for "unknown", not as a name: two dims of one such symbol are
+not bound to one size (Paddle2ONNX gives a classifier's height and width both '?')."""
+
+
+def declared_dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    """A declared dim: its size, its symbol, or None for unknown. A negative size (Paddle2ONNX
+    writes -1 for a dynamic dim, and ONNX Runtime reads it so) and an unknown-marker symbol
+    are None."""
     if dim.HasField("dim_value"):
-        return dim.dim_value
-    if dim.HasField("dim_param"):
-        return dim.dim_param
+        return dim.dim_value if dim.dim_value >= 0 else None
+    if dim.HasField("dim_param") and dim.dim_param not in UNKNOWN_SYMBOLS:
+        return dim.dim_param or None
     return None
 
 

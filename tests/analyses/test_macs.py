@@ -163,3 +163,14 @@ def test_mobilenet_v2_imagenet_counts(tmp_path):
     assert len(report.per_layer) == 53  # 52 Conv + the classifier Gemm
     depthwise = [layer for layer in report.per_layer if "conv.1.0" in layer.name]
     assert depthwise and all(layer.params == layer.output_shape[1] * 9 for layer in depthwise)
+
+
+def test_macs_at_a_shape_that_fits_paddle_style_dynamic_dims():
+    """-1 and '?' dims are dynamic: any size fits them, and the count follows the size."""
+    from tests.data.test_feeds import paddle_style_conv
+
+    model = paddle_style_conv()
+    report = count_macs(model, {"x": (1, 3, 12, 20)})
+    assert report.total == 4 * 3 * 3 * 3 * 12 * 20
+    with pytest.raises(InputError, match=r"does not fit \[\?x3x\?x\?\]"):
+        count_macs(model, {"x": (1, 4, 12, 20)})
