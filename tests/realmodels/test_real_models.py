@@ -41,11 +41,6 @@ REFUSALS: dict[tuple[str, str], str] = {}
 """(model, pipeline) -> a word of the one-line refusal expected there. None today: a refusal on
 a real model has so far been a bug (the PP-OCR classifier's '-1' and '?' dims refused every
 feed), so any other refusal fails the test."""
-KNOWN_CRASHES = {
-    ("ppocr-v4-rec", "quant"): "quantization/plan.py `_active` KeyError 'Constant' on a Paddle "
-    "export with Constant-node weights (issue 20; fixed on another branch)",
-}
-"""(model, pipeline) -> the known crash another branch fixes (xfail, not strict)."""
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +88,7 @@ def _promise(step: str):
 def _cases():
     for name, pipelines in RUNS.items():
         for pipeline in pipelines:
-            marks = ()
-            if (name, pipeline) in KNOWN_CRASHES:
-                marks = pytest.mark.xfail(reason=KNOWN_CRASHES[(name, pipeline)], strict=False)
-            yield pytest.param(name, pipeline, id=f"{name}-{pipeline}", marks=marks)
+            yield pytest.param(name, pipeline, id=f"{name}-{pipeline}")
 
 
 @pytest.mark.parametrize(("name", "pipeline"), list(_cases()))
