@@ -13,11 +13,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from onnxopt.data.images import PREPROCESS_KEY
 from tests.zoo import DigitsResNet, export_onnx
 
 SEED = 0
@@ -76,6 +79,27 @@ def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
+PREPROCESS = "resize=0,scale=0.00392156862745098,mean=0,std=1"
+"""The model's input is the 8x8 grey image in [0, 1]: an 8-bit PNG of it, divided by 255."""
+
+
+def declare_preprocess(path: Path) -> None:
+    """Record in the model how an image file becomes its input, so `--calib images/` needs no
+    `--preprocess` (`onnxopt.data.images.PREPROCESS_KEY`)."""
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = PREPROCESS_KEY, PREPROCESS
+    onnx.save(model, str(path))
+
+
+def write_images(images: np.ndarray, folder: Path) -> None:
+    """Each (1, 8, 8) sample in [0, 1] as an 8-bit grey PNG, named by its index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        pixels = np.round(image[0] * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{index:03d}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("examples"), help="output folder")
@@ -91,8 +115,10 @@ def main() -> None:
         output_names=["logits"],
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
     )
+    declare_preprocess(path)
     calib = np.random.default_rng(SEED).permutation(len(x_train))[:CALIB_SIZE]
     np.savez(out / "digits_calib.npz", input=x_train[calib])
+    write_images(x_train[calib], out / "digits_images")
     np.savez(out / "digits_val.npz", input=x_test, label=y_test)
     accuracy = onnx_accuracy(path, x_test, y_test)
     size_kb = path.stat().st_size / 1024

@@ -82,6 +82,7 @@ def optimize(
     config: str | os.PathLike | None = None,
     calib: str | os.PathLike | DataSource | None = None,
     val: str | os.PathLike | DataSource | None = None,
+    preprocess: str | ImagePreprocess | None = None,
     holdout: float = HOLDOUT_FRACTION,
     provider: str = "cpu",
     seed: int = 0,
@@ -131,8 +132,8 @@ def optimize(
         provider=provider,
         seed=seed,
         strict=strict,
-        calibration=open_data(calib, loaded.proto, seed=seed),
-        validation=open_data(val, loaded.proto, seed=seed),
+        calibration=open_data(calib, loaded.proto, seed=seed, preprocess=_preprocess(preprocess)),
+        validation=open_data(val, loaded.proto, seed=seed, preprocess=_preprocess(preprocess)),
         holdout=holdout,
         progress=progress,
     )

@@ -137,7 +137,18 @@ _DATA_FORMS = (
     "for a one-input model); a .npz/.npy holding exactly one sample of every input (scalars "
     "and inputs of different leading dims included); a folder of such .npz/.npy files, one "
     "sample each; a folder of images (jpg/png/bmp/webp; grey or RGB by the model's channels, "
-    "resized and normalized, ImageNet defaults); or 'random' (seeded; fidelity meaningless)."
+    "resized and normalized as --preprocess says, else as the model's metadata "
+    "'onnxopt.preprocess' says, else ImageNet's defaults); or 'random' (seeded; fidelity "
+    "meaningless)."
+)
+
+
+_preprocess_option = click.option(
+    "--preprocess",
+    default=None,
+    help="How images become inputs, key=value,... (resize, crop, interpolation, scale, mean, "
+    "std, layout, order); default: what the model declares in its metadata "
+    "'onnxopt.preprocess', else ImageNet's.",
 )
 
 
@@ -172,6 +183,7 @@ _DATA_FORMS = (
     help="Validation data for the fidelity checks and gates; passes never see it (default: a "
     "holdout of --calib, else seeded random inputs). Same forms as --calib.",
 )
+@_preprocess_option
 @click.option(
     "--holdout",
     type=click.FloatRange(0.0, 0.5),
@@ -226,6 +238,7 @@ def optimize(
     config,
     calib,
     val,
+    preprocess,
     holdout,
     report,
     bench,
@@ -259,6 +272,7 @@ def optimize(
             config=config,
             calib=calib,
             val=val,
+            preprocess=preprocess,
             holdout=holdout,
             provider=provider,
             seed=seed,
@@ -336,12 +350,7 @@ def inspect_command(ctx, model, shapes, top, as_json):
 @click.argument("reference", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("candidate", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--data", required=True, help=_DATA_HELP)
-@click.option(
-    "--preprocess",
-    default=None,
-    help="Image preprocessing, key=value,... (resize, crop, interpolation, scale, mean, std, "
-    "layout, order); ImageNet defaults.",
-)
+@_preprocess_option
 @click.option("--batch", type=int, default=None, help="Batch size for a dynamic batch dim.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help=_SHAPE_HELP)
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Write JSON here.")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import onnx
 
 from onnxopt.data.feeds import DataSource, Feed, InputSpec, batch_counts, batch_size_for, check_feed
 from onnxopt.errors import InputError
@@ -56,6 +57,22 @@ _CHOICES = {
     "layout": ("auto", "NCHW", "NHWC"),
     "order": ("RGB", "BGR"),
 }
+
+
+PREPROCESS_KEY = "onnxopt.preprocess"
+"""A model's `metadata_props` entry declaring how images become its input (the `--preprocess`
+text): image folders use it instead of ImageNet's defaults, so `--calib images/` needs no flag."""
+
+
+def declared_preprocess(model: onnx.ModelProto) -> ImagePreprocess | None:
+    """The preprocessing the model declares under `PREPROCESS_KEY`, else None."""
+    for entry in model.metadata_props:
+        if entry.key == PREPROCESS_KEY:
+            try:
+                return parse_preprocess(entry.value)
+            except InputError as exc:
+                raise InputError(f"the model's metadata '{PREPROCESS_KEY}': {exc}") from None
+    return None
 
 
 def parse_preprocess(text: str | None) -> ImagePreprocess:

@@ -42,7 +42,13 @@ from onnxopt.data.feeds import (
     static_batch,
     take_rows,
 )
-from onnxopt.data.images import IMAGE_SUFFIXES, ImageFolderSource, ImagePreprocess, parse_preprocess
+from onnxopt.data.images import (
+    IMAGE_SUFFIXES,
+    ImageFolderSource,
+    ImagePreprocess,
+    declared_preprocess,
+    parse_preprocess,
+)
 from onnxopt.data.npz import NpzSource, OneSampleSource, npy_needs_one_input, open_array_file
 from onnxopt.errors import InputError
 from onnxopt.ir.limits import memory_budget
@@ -300,7 +306,8 @@ def open_data(
 
     `spec`: 'random', a .npz/.npy file, a directory of .npz/.npy files or of images, or a
     Python iterable of feeds / CalibrationDataReader. `shapes` fixes dynamic dims of random data;
-    `preprocess` declares how images become tensors (ImageNet defaults).
+    `preprocess` declares how images become tensors (default: what the model declares in its
+    metadata, `images.PREPROCESS_KEY`, else ImageNet's).
     """
     if spec is None or isinstance(spec, DataSource):
         return spec
@@ -314,6 +321,7 @@ def open_data(
     if not path.exists():
         raise InputError(f"data not found: {path} (expected a .npz/.npy file, folder or 'random')")
     if path.is_dir():
+        preprocess = preprocess or declared_preprocess(model)
         return _open_directory(path, specs, batch_size, preprocess)
     if path.suffix.lower() in ARRAY_SUFFIXES:
         return open_array_file(path, specs, batch_size)

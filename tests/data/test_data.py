@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -323,6 +324,38 @@ def test_image_center_crop_without_resize(tmp_path):
     options = parse_preprocess("resize=0,scale=1,mean=0/0/0,std=1/1/1")
     (batch,) = batches(open_data(tmp_path, IMAGE, preprocess=options))
     np.testing.assert_array_equal(batch[0].transpose(1, 2, 0), pixels[3:7, 5:11].astype(np.float32))
+
+
+def _declaring(model: onnx.ModelProto, text: str) -> onnx.ModelProto:
+    declared = onnx.ModelProto()
+    declared.CopyFrom(model)
+    entry = declared.metadata_props.add()
+    entry.key, entry.value = "onnxopt.preprocess", text
+    return declared
+
+
+def test_image_folder_follows_the_models_declared_preprocessing_unless_told(tmp_path):
+    pixels = np.random.default_rng(2).integers(0, 256, (4, 6, 3))
+    _save_image(tmp_path / "a.png", pixels)
+    model = _declaring(IMAGE, "resize=0,scale=1,mean=0/0/0,std=1/1/1")
+    (batch,) = batches(open_data(tmp_path, model))
+    np.testing.assert_array_equal(batch[0].transpose(1, 2, 0), pixels.astype(np.float32))
+    told = parse_preprocess("resize=0,scale=2,mean=0/0/0,std=1/1/1")
+    (batch,) = batches(open_data(tmp_path, model, preprocess=told))
+    np.testing.assert_array_equal(batch[0].transpose(1, 2, 0), 2 * pixels.astype(np.float32))
+    (batch,) = batches(open_data(tmp_path, IMAGE))  # nothing declared: ImageNet's
+    assert batch.min() < 0
+    with pytest.raises(InputError, match=r"metadata 'onnxopt\.preprocess'.*bogus"):
+        open_data(tmp_path, _declaring(IMAGE, "bogus=1"))
+
+
+def test_bundled_digits_images_give_the_bundled_calibration_samples():
+    folder = Path(__file__).resolve().parents[2] / "examples"
+    model = onnx.load(folder / "digits_cnn.onnx")
+    images = np.concatenate([f["input"] for f in open_data(folder / "digits_images", model)])
+    expected = np.load(folder / "digits_calib.npz")["input"]
+    assert images.shape == expected.shape
+    np.testing.assert_allclose(images, expected, rtol=0, atol=0.5 / 255 + 1e-7)
 
 
 def test_image_layout_order_and_integer_inputs(tmp_path):
