@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import cli_command, ort_outputs, run_cli
+from tests.conftest import REPO, cli_command, ort_outputs, run_cli
 from tests.test_cli import _assert_one_line_error
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'
@@ -63,6 +63,19 @@ def test_existing_default_output_is_refused_without_force(digits_copy):
     forced = run_cli("optimize", digits_copy, "--passes", "cleanup", "--force", "-q")
     assert forced.returncode == 0, forced.stderr
     assert onnx.load(out).graph.node  # overwritten with a model
+
+
+def test_mission_command_runs_as_typed_on_the_bundled_image_folder(digits_copy):
+    images = REPO / "examples" / "digits_images"
+    result = run_cli("optimize", digits_copy, "--passes", "prune,quant", "--calib", f"{images}/")
+    assert result.returncode == 0, result.stderr
+    assert "fidelity measured on holdout: 32 of 128 samples of digits_images/" in result.stdout
+    closing = next(line for line in result.stdout.splitlines() if line.startswith("output:"))
+    assert float(closing.split("top1 ")[1].rstrip("%")) >= 95.0  # the model's own scaling
+    bad = run_cli(
+        "optimize", digits_copy, "--passes", "cleanup", "--calib", images, "--preprocess", "x=1"
+    )
+    _assert_one_line_error(bad, "x")
 
 
 def test_help_documents_every_data_form_and_the_mission_command():
