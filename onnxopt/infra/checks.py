@@ -13,9 +13,7 @@ from onnxopt.infra.pass_base import Fidelity
 from onnxopt.ir.io import PROTOBUF_SAFE_BYTES, save_model, stored_bytes
 from onnxopt.ir.opset import weight_inputs
 from onnxopt.runtime.fidelity import FidelityReport, compare_sessions
-from onnxopt.runtime.session import (
-    first_line,
-)
+from onnxopt.runtime.session import first_line, make_session, session_options
 
 CHECK_LEVELS = ("full", "basic", "none")
 
@@ -86,6 +84,43 @@ def fidelity_error(report: FidelityReport, expected: Fidelity) -> str | None:
         ):
             return f"output '{output.name}' cosine {output.cosine:.5f} < {expected.min_cosine:g}"
     return None
+
+
+NOISE_FACTOR = 4.0
+"""A lossless pass may move outputs by this many times ORT's own float noise on the model (its
+graph optimizations on versus off): reassociated sums differ in their last bits, and a deep
+network carries them to the output. PP-OCRv4's detector after cleanup: max rel error 1.25e-5,
+where ORT alone moves it by 1.33e-5."""
+NOISE_CEILING = 1e-3
+"""Beyond this relative error a change is never float noise, whatever ORT's own noise is."""
+
+
+def within_float_noise(
+    report: FidelityReport,
+    expected: Fidelity,
+    model: onnx.ModelProto,
+    data: DataSource,
+    provider: str,
+    limit_samples: int | None,
+) -> tuple[bool, str]:
+    """Whether every output missing `expected.max_rel_error` stays within NOISE_FACTOR times
+    what ORT itself changes in `model` with its graph optimizations off, and the reason."""
+    worst = max(output.max_rel for output in report.outputs)
+    if expected.max_rel_error is None or not worst <= NOISE_CEILING:
+        return False, ""
+    optimized = make_session(model, provider, options=session_options(spinning=False))
+    plain_options = session_options(
+        spinning=False, optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    plain = make_session(model, provider, options=plain_options)
+    noise_report = compare_sessions(optimized, plain, data, limit_samples=limit_samples)
+    noise = max(output.max_rel for output in noise_report.outputs)
+    bound = max(expected.max_rel_error, NOISE_FACTOR * noise)
+    reason = (
+        f"max rel error {worst:.3g} accepted within {NOISE_FACTOR:g}x ORT's own float noise on "
+        f"this model ({noise:.3g}, graph optimizations on vs off)"
+    )
+    return worst <= bound, reason
 
 
 def measure_fidelity(
