@@ -159,15 +159,14 @@ class RowSubset(DataSource):
         if self._cached is not None:
             yield from self._cached
             return
-        kept: list[Feed] = []
-        size = 0
+        kept: list[Feed] | None = [] if self._cacheable else None
         for batch in self._select():
-            if self._cacheable and size <= CACHE_BYTES:
+            if kept is not None:
                 kept.append(batch)
-                size += sum(array.nbytes for array in batch.values())
+                if _expected_bytes(kept, self.samples) > CACHE_BYTES:
+                    kept = None  # holding it for the rest of this read would only cost memory
             yield batch
-        if self._cacheable and size <= CACHE_BYTES:
-            self._cached = kept
+        self._cached = kept
 
     def _select(self) -> Iterator[Feed]:
         if not self.rows.size:
@@ -191,3 +190,10 @@ class RowSubset(DataSource):
                 break
         if held and not self.fixed:
             yield take_rows(pending, held)[0]
+
+
+def _expected_bytes(batches: list[Feed], samples: int) -> float:
+    """The bytes of `samples` samples, at the size per sample of `batches`."""
+    rows = sum(feed_rows(batch) for batch in batches)
+    held = sum(array.nbytes for batch in batches for array in batch.values())
+    return held / max(rows, 1) * samples

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from onnxopt.data.feeds import feed_rows, feeds_up_to
 from onnxopt.data.sources import DataSource, Feed
 from onnxopt.errors import CheckFailed, InputError
-from onnxopt.runtime.session import make_session, session_options
+from onnxopt.runtime.session import RELEASE, make_session, session_options
 
 log = logging.getLogger(__name__)
 
@@ -161,15 +161,7 @@ Runner = Callable[[Feed], list[np.ndarray]]
 
 def session_runner(session: ort.InferenceSession) -> Runner:
     names = [o.name for o in session.get_outputs()]
-    return lambda feed: session.run(names, feed, SHRINK)
-
-
-SHRINK = ort.RunOptions()
-"""Gate sessions outlive their runs (the pipeline's input model's, through every pass): ORT's
-arena gives back what a run took when it ends, not at the session's end. A 960x960 detector's
-quant: 1.65 GB peak RSS with the arena kept, 1.2 GB given back (and 1.2 GB with no arena at all,
-whose every run is 1.7x slower on MobileNetV2 at batch 8)."""
-SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return lambda feed: session.run(names, feed, RELEASE)
 
 
 def compare_runners(
@@ -216,7 +208,7 @@ def compare_sessions(
     candidate_names = matched_outputs(names, [o.name for o in candidate.get_outputs()])
     return compare_runners(
         session_runner(reference),
-        lambda feed: candidate.run(candidate_names, feed, SHRINK),
+        lambda feed: candidate.run(candidate_names, feed, RELEASE),
         names,
         data,
         limit_batches=limit_batches,
@@ -280,7 +272,7 @@ class ReferenceScorer:
             return
         kept, size = [], 0
         for feed in feeds_up_to(self.data, self.max_samples):
-            outputs = self.reference.run(None, feed)
+            outputs = self.reference.run(None, feed, RELEASE)
             size += sum(o.nbytes for o in outputs)
             kept.append(outputs)
             yield outputs
@@ -294,7 +286,7 @@ class ReferenceScorer:
         references = self._references()
         return compare_runners(
             lambda feed: next(references),
-            lambda feed: session.run(matched, feed),
+            lambda feed: session.run(matched, feed, RELEASE),
             names,
             self.data,
             limit_samples=self.max_samples,
@@ -315,7 +307,7 @@ class ReferenceScorer:
         feeds = feeds_up_to(self.data, self.max_samples)
         # the references first: their generator must run to its end to fill the cache
         for reference, feed in zip(self._references(), feeds, strict=False):
-            outputs = session.run(None, feed)
+            outputs = session.run(None, feed, RELEASE)
             for ref, got in zip(reference, outputs, strict=True):
                 joint.update_sums(np.asarray(ref), np.asarray(got))
             first.update(np.asarray(reference[0]), np.asarray(outputs[0]))

@@ -25,7 +25,7 @@ from onnxopt.data.feeds import feed_rows, feeds_up_to
 from onnxopt.data.sources import Feed
 from onnxopt.ir.edit import remove_dead_code
 from onnxopt.ir.shapes import infer_shapes_at
-from onnxopt.runtime.session import make_session, session_options
+from onnxopt.runtime.session import RELEASE, make_session, session_options
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,9 @@ class TensorProbe:
                 i.shape and not isinstance(i.shape[0], int) for i in self.session.get_inputs()
             )
 
-    def _session(self, tensors: list[str], only: bool, arena: bool = True):
+    def _session(self, tensors: list[str], only: bool):
         exposed = expose_tensors(self.model, tensors, self.dtypes, only=only)
-        options = session_options(spinning=False)
-        options.enable_cpu_mem_arena = arena
-        return make_session(exposed, self.provider, options=options)
+        return make_session(exposed, self.provider, options=session_options(spinning=False))
 
     def read(self, feed: Feed) -> dict[str, np.ndarray]:
         """The values of the tensors on `feed` (graph inputs: the feed's own arrays)."""
@@ -108,7 +106,7 @@ class TensorProbe:
         values: dict[str, np.ndarray] = {}
         if session is not None:
             run_feed = {k: v for k, v in feed.items() if k in self.inputs}
-            values = dict(zip(computed, session.run(computed, run_feed), strict=True))
+            values = dict(zip(computed, session.run(computed, run_feed, RELEASE), strict=True))
         values.update({t: feed[t] for t in wanted if t not in values and t in feed})
         return values
 
@@ -169,13 +167,7 @@ class TensorProbe:
             len(groups),
         )
         inputs = [t for t in self.tensors if t not in self.computed]
-        # Group sessions run in turn on each sample: with ORT's arena each would hold its own
-        # peak (the detector above: 3.0 GB instead of 1.2). Without it a run is slower (fresh
-        # pages; MobileNetV2 at batch 8: 1.7x), so sessions that run alone keep the arena.
-        return 1, [
-            (self._session(g, True, arena=False), g, g + inputs * (i == 0))
-            for i, g in enumerate(groups)
-        ]
+        return 1, [(self._session(g, True), g, g + inputs * (i == 0)) for i, g in enumerate(groups)]
 
     def _split(self, feed: Feed, rows_per_run: int) -> Iterator[Feed]:
         rows = feed_rows(feed)

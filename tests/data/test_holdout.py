@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from onnxopt.data import holdout as holdout_module
 from onnxopt.data.feeds import InputSpec
 from onnxopt.data.holdout import MAX_HOLDOUT, MIN_HOLDOUT, RowSubset, row_range, split_holdout
 from onnxopt.data.sources import IterableSource, NpzSource
@@ -65,6 +66,15 @@ def test_holdout_is_cached_after_one_full_read(tmp_path):
     holdout = split_holdout(source).holdout
     first, second = _rows(holdout), _rows(holdout)
     assert first == second and len(reads) == 1
+
+
+def test_a_holdout_too_large_to_cache_is_read_again_and_never_held(tmp_path, monkeypatch):
+    source = _source(tmp_path, 200)
+    holdout = split_holdout(source).holdout
+    one_batch = sum(a.nbytes for a in next(iter(holdout)).values())
+    monkeypatch.setattr(holdout_module, "CACHE_BYTES", 2 * one_batch)  # under the 40 samples
+    first, second = _rows(holdout), _rows(holdout)
+    assert first == second and holdout._cached is None
 
 
 @pytest.mark.parametrize(("start", "stop"), [(0, 10), (5, 23), (190, 200)])
