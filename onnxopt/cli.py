@@ -24,6 +24,7 @@ from onnxopt.report.tables import (
     to_json,
 )
 from onnxopt.report.terminal import print_table
+from onnxopt.runtime.memory import return_large_blocks
 
 log = logging.getLogger("onnxopt")
 
@@ -129,6 +130,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """
     _setup_logging(verbose, quiet)
     _interrupt_on_sigterm()
+    return_large_blocks()
     ctx.obj = {"quiet": quiet, "verbose": verbose}
 
 

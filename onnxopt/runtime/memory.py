@@ -130,3 +130,25 @@ def measure_memory(
         log.warning("memory probe of %s failed: %s", model_path, last)
         return MemoryUse(None, None, f"probe failed: {last}")
     return MemoryUse(**json.loads(done.stdout))
+
+
+LARGE_BLOCK_BYTES = 4 * 2**20
+"""Blocks from this size up are mapped on their own and go back to the system when freed."""
+
+
+def return_large_blocks() -> None:
+    """Make glibc's malloc map blocks of LARGE_BLOCK_BYTES and more on their own (a fixed
+    M_MMAP_THRESHOLD) instead of carving them from heaps it keeps. Freed feature maps (the
+    probe's, ORT's arena-less runs) then leave the process: a 960x960 detector's quant peaked at
+    1.0 GB instead of 1.2-1.8 GB, varying with how the heaps fragmented. Elsewhere: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3
+        if not libc.mallopt(m_mmap_threshold, LARGE_BLOCK_BYTES):
+            log.debug("mallopt(M_MMAP_THRESHOLD) refused")
+    except (OSError, AttributeError) as exc:  # not glibc (musl) or no libc.so.6
+        log.debug("large blocks stay with the allocator: %s", exc)
