@@ -22,6 +22,7 @@ from onnxopt.ir.shapes import infer_shapes
 from onnxopt.quantization.bias_correction import CORRECTED_OPS, measure_shift
 from onnxopt.quantization.build import build_qdq
 from onnxopt.quantization.calibrate import EQUALIZE_SAMPLES, Calibrator, channel_absmax
+from onnxopt.quantization.dynamic import build_dynamic, choose_activations, plan_dynamic
 from onnxopt.quantization.equalize import (
     Rescaler,
     clipped_factors,
@@ -67,6 +68,10 @@ class QuantRun:
     def quantize(self, model: onnx.ModelProto) -> onnx.ModelProto | None:
         """The QDQ version of the prepared float `model`, or None if nothing is quantizable."""
         ensure_node_names(model.graph)
+        mode, why = choose_activations(model, self.options.activations)
+        self.stats.update({"activations": mode, "activations_reason": why})
+        if mode == "dynamic":
+            return self.quantize_dynamic(model)
         model, per_channel = self._per_channel_opset(model)
         if self.options.equalize:
             model = self.equalize(model)
@@ -100,6 +105,34 @@ class QuantRun:
                 "quantized_ops": plan.counts(),
                 "absorbed_activations": len(plan.fused),
                 "weights": len(plan.weighted),
+            }
+        )
+        return quantized
+
+    def quantize_dynamic(self, model: onnx.ModelProto) -> onnx.ModelProto | None:
+        """MatMul/Gemm with constant weights in dynamic int8 (see `dynamic`); None if none."""
+        if default_opset(model) < 11:
+            self.skipped.append("dynamic int8 needs opset 11 (DynamicQuantizeLinear)")
+            return None
+        if self.options.equalize:
+            model = self.equalize(model)
+        plan = plan_dynamic(model, _dtypes(model), self.options.exclude)
+        self.skipped.extend(plan.skipped)
+        if not plan.nodes:
+            self.skipped.append("nothing quantized: no MatMul/Gemm with a float32 constant weight")
+            return None
+        hessians: dict[str, np.ndarray] = {}
+        if self.options.rounding == "gptq":
+            calibrator = Calibrator(model, self.data, self.options, self.provider)
+            hessians = calibrator.ensure([], collect_layers(model, sorted(plan.nodes)))
+            self.stats["gptq_layers"] = len(hessians)
+        quantized = build_dynamic(model, plan, self.options.per_channel, hessians)
+        remove_dead_code(quantized)
+        self.stats.update(
+            {
+                "per_channel": self.options.per_channel,
+                "quantized_ops": plan.counts(),
+                "weights": len(plan.nodes),
             }
         )
         return quantized
