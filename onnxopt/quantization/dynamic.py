@@ -29,8 +29,10 @@ from onnx import helper
 from onnxopt.ir.graph import GraphIndex, Names, is_onnx_domain, node_attr
 from onnxopt.ir.qdq import add_initializers
 from onnxopt.numerics.rounding import gptq
+from onnxopt.quantization.fallback import SENSITIVITY_SAMPLES, FallbackResult, search_fallback
 from onnxopt.quantization.params import quantize_weight, weight_scales
 from onnxopt.quantization.plan import excluded
+from onnxopt.runtime.fidelity import ReferenceScorer
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,13 @@ def choose_activations(model: onnx.ModelProto, requested: str) -> tuple[str, str
 
 
 def plan_dynamic(
-    model: onnx.ModelProto, dtypes: dict[str, int], exclude: tuple[str, ...]
+    model: onnx.ModelProto,
+    dtypes: dict[str, int],
+    exclude: tuple[str, ...],
+    frozen: frozenset[str] = frozenset(),
 ) -> DynamicPlan:
-    """Which MatMul/Gemm nodes run in dynamic int8, and why the others stay float."""
+    """Which MatMul/Gemm nodes run in dynamic int8, and why the others stay float. `frozen`
+    weights (codebooks written by `share`) stay float: their codes would be lost."""
     index = GraphIndex(model.graph)
     plan = DynamicPlan()
     for node in model.graph.node:
@@ -102,6 +108,8 @@ def plan_dynamic(
             plan.skipped.append(f"{node.op_type} '{node.name}': excluded by option")
             continue
         reason = _refusal(node, index, dtypes)
+        if reason is None and node.input[1] in frozen:
+            reason = "weight is a codebook (share): kept as its codebook"
         if reason is not None:
             plan.skipped.append(f"{node.op_type} '{node.name}': {reason}; stays float")
             continue
@@ -160,35 +168,59 @@ def quantize_matrix(
     return np.ascontiguousarray(codes), scales
 
 
-def build_dynamic(
+def quantize_weights(
     model: onnx.ModelProto,
     plan: DynamicPlan,
     per_channel: bool,
     hessians: dict[str, np.ndarray] | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Node name -> (int8 codes (K, N), scales) of every planned node's weight."""
+    index = GraphIndex(model.graph)
+    return {
+        name: quantize_matrix(weight_matrix(index, node), per_channel, (hessians or {}).get(name))
+        for name, node in plan.nodes.items()
+    }
+
+
+def build_dynamic(
+    model: onnx.ModelProto,
+    plan: DynamicPlan,
+    weights: dict[str, tuple[np.ndarray, np.ndarray]],
+    kept: frozenset[str] = frozenset(),
 ) -> onnx.ModelProto:
-    """A copy of `model` with every planned node in the dynamic int8 pattern."""
+    """A copy of `model` with every planned node but those `kept` float in the dynamic int8
+    pattern; `weights` from `quantize_weights`."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    index = GraphIndex(graph)
     names = Names(graph)
     rewritten: list[onnx.NodeProto] = []
     for node in graph.node:
         planned = plan.nodes.get(node.name)
-        if planned is None:
+        if planned is None or node.name in kept:
             rewritten.append(node)
             continue
-        codes, scales = quantize_matrix(
-            weight_matrix(index, planned), per_channel, (hessians or {}).get(node.name)
-        )
-        rewritten.extend(_pattern(graph, index, names, planned, codes, scales))
+        rewritten.extend(_pattern(graph, names, planned, *weights[node.name]))
     del graph.node[:]
     graph.node.extend(rewritten)
-    _bias_second(graph, plan)
+    _bias_second(graph, {n for n in plan.nodes if n not in kept}, plan)
     return out
 
 
-def _pattern(graph, index, names, node: DynamicNode, codes, scales) -> list[onnx.NodeProto]:
+def search_dynamic_fallback(model, plan, weights, data, options, provider) -> FallbackResult:
+    """Keep float the fewest nodes, most sensitive first, until the fidelity targets hold on
+    the calibration data (see `fallback.search_fallback`; each node is its own unit)."""
+    return search_fallback(
+        {name: frozenset({name}) for name in plan.nodes},
+        lambda kept: build_dynamic(model, plan, weights, kept),
+        ReferenceScorer(model, data, SENSITIVITY_SAMPLES, provider),
+        ReferenceScorer(model, data, None, provider),
+        options.target_cosine,
+        options.target_top1,
+    )
+
+
+def _pattern(graph, names, node: DynamicNode, codes, scales) -> list[onnx.NodeProto]:
     base = node.name
     fresh = {
         k: names.fresh(f"{base}_{k}")
@@ -238,11 +270,13 @@ def _pattern(graph, index, names, node: DynamicNode, codes, scales) -> list[onnx
     return nodes
 
 
-def _bias_second(graph: onnx.GraphProto, plan: DynamicPlan) -> None:
+def _bias_second(graph: onnx.GraphProto, rewritten: set[str], plan: DynamicPlan) -> None:
     """Put a constant bias at the second input of the Add after a rewritten MatMul: ORT fuses
     the bias into MatMulIntegerToFloat only from there (Add is commutative)."""
     index = GraphIndex(graph)
-    outputs = {n.output for n in plan.nodes.values() if n.op_type == "MatMul"}
+    outputs = {
+        n.output for n in plan.nodes.values() if n.op_type == "MatMul" and n.name in rewritten
+    }
     for node in graph.node:
         if node.op_type != "Add" or len(node.input) != 2 or node.input[1] not in outputs:
             continue

@@ -22,7 +22,13 @@ from onnxopt.ir.shapes import infer_shapes
 from onnxopt.quantization.bias_correction import CORRECTED_OPS, measure_shift
 from onnxopt.quantization.build import build_qdq
 from onnxopt.quantization.calibrate import EQUALIZE_SAMPLES, Calibrator, channel_absmax
-from onnxopt.quantization.dynamic import build_dynamic, choose_activations, plan_dynamic
+from onnxopt.quantization.dynamic import (
+    build_dynamic,
+    choose_activations,
+    plan_dynamic,
+    quantize_weights,
+    search_dynamic_fallback,
+)
 from onnxopt.quantization.equalize import (
     Rescaler,
     clipped_factors,
@@ -116,7 +122,7 @@ class QuantRun:
             return None
         if self.options.equalize:
             model = self.equalize(model)
-        plan = plan_dynamic(model, _dtypes(model), self.options.exclude)
+        plan = plan_dynamic(model, _dtypes(model), self.options.exclude, self.frozen)
         self.skipped.extend(plan.skipped)
         if not plan.nodes:
             self.skipped.append("nothing quantized: no MatMul/Gemm with a float32 constant weight")
@@ -126,13 +132,24 @@ class QuantRun:
             calibrator = Calibrator(model, self.data, self.options, self.provider)
             hessians = calibrator.ensure([], collect_layers(model, sorted(plan.nodes)))
             self.stats["gptq_layers"] = len(hessians)
-        quantized = build_dynamic(model, plan, self.options.per_channel, hessians)
+        weights = quantize_weights(model, plan, self.options.per_channel, hessians)
+        kept: frozenset[str] = frozenset()
+        if self.options.target_cosine is not None or self.options.target_top1 is not None:
+            result = search_dynamic_fallback(
+                model, plan, weights, self.data, self.options, self.provider
+            )
+            kept = result.nodes
+            self._report_fallback(result, {name: frozenset({name}) for name in plan.nodes})
+        quantized = build_dynamic(model, plan, weights, kept)
         remove_dead_code(quantized)
+        counts = plan.counts()
+        for name in kept:
+            counts[plan.nodes[name].op_type] -= 1
         self.stats.update(
             {
                 "per_channel": self.options.per_channel,
-                "quantized_ops": plan.counts(),
-                "weights": len(plan.nodes),
+                "quantized_ops": counts,
+                "weights": len(plan.nodes) - len(kept),
             }
         )
         return quantized
@@ -236,12 +253,16 @@ class QuantRun:
             self.options.target_top1,
         )
         kept = result.nodes
+        self._report_fallback(result, units)
+        return build(kept), plans.get(kept, plan)
+
+    def _report_fallback(self, result, units: dict[str, frozenset[str]]) -> None:
         self.stats["fallback"] = {
             "kept_float": [
                 {"tensor": t, "nodes": sorted(units[t]), "cosine_gain": g}
                 for t, g in result.kept_float
             ],
-            "float_nodes": len(kept),
+            "float_nodes": len(result.nodes),
             "measured_on": "calibration samples (in-sample: the search chose on them)",
             "cosine": round(result.score.cosine, 6),
             "top1": None if result.score.top1 is None else round(result.score.top1, 6),
@@ -252,7 +273,6 @@ class QuantRun:
             self.skipped.append(
                 "fallback: the fidelity target is not met even with every node float"
             )
-        return build(kept), plans.get(kept, plan)
 
     @staticmethod
     def _plan_tensors(model, dtypes, config: PlanConfig, nodes: frozenset[str]) -> list[str]:
