@@ -176,3 +176,25 @@ def test_matmul_of_two_activations_stays_float_with_a_reason():
     expected = make_session(model).run(None, feed)[0]
     got = make_session(result.model).run(None, feed)[0]
     np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max())
+
+
+def test_fallback_keeps_the_most_sensitive_matmuls_float(bert, bert_dynamic):
+    model, calib = bert
+    result = quantize(model, calib, activations="dynamic", target_cosine=0.999999)
+    fallback = result.stats["fallback"]
+    kept = {n for entry in fallback["kept_float"] for n in entry["nodes"]}
+    assert 0 < len(kept) < 12 and fallback["target_met"]
+    assert result.stats["weights"] == 12 - len(kept)
+    names = {n.name for n in result.model.graph.node}
+    assert kept <= names  # the float MatMuls are still there under their names
+    reference = make_session(model)
+    errors = []
+    for quantized in (bert_dynamic.model, result.model):
+        session = make_session(quantized)
+        errors.append(
+            sum(
+                float(np.square(session.run(None, f)[0] - reference.run(None, f)[0]).sum())
+                for f in feeds(1, 3)
+            )
+        )
+    assert errors[1] < errors[0]  # held out: fewer int8 MatMuls, closer to fp32

@@ -21,6 +21,7 @@ class BertLayer(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
+        self.scale = 1.0 / math.sqrt(width // heads)
         self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.fc1, self.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
@@ -31,7 +32,7 @@ class BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias
         context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
         x = self.ln1(x + self.o(context.reshape(x.shape)))
         return self.ln2(x + self.fc2(nn.functional.gelu(self.fc1(x))))
