@@ -29,6 +29,7 @@ from onnx import helper
 from onnxopt.ir.graph import GraphIndex, Names, is_onnx_domain, node_attr
 from onnxopt.ir.qdq import add_initializers
 from onnxopt.numerics.rounding import gptq
+from onnxopt.quantization.embedding import embedding_nodes, plan_embeddings, quantize_table
 from onnxopt.quantization.fallback import SENSITIVITY_SAMPLES, FallbackResult, search_fallback
 from onnxopt.quantization.params import quantize_weight, weight_scales
 from onnxopt.quantization.plan import excluded
@@ -57,10 +58,15 @@ class DynamicNode:
 @dataclass
 class DynamicPlan:
     nodes: dict[str, DynamicNode] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)  # Gather node -> its int8 table
     skipped: list[str] = field(default_factory=list)
 
+    def units(self) -> dict[str, frozenset[str]]:
+        """The fallback's units: each rewritten node on its own."""
+        return {name: frozenset({name}) for name in (*self.nodes, *self.tables)}
+
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = {"Gather": len(self.tables)} if self.tables else {}
         for node in self.nodes.values():
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
         return dict(sorted(counts.items()))
@@ -124,6 +130,8 @@ def plan_dynamic(
             trans_b,
             bias or None,
         )
+    plan.tables, skipped = plan_embeddings(model, exclude, frozen)
+    plan.skipped.extend(skipped)
     return plan
 
 
@@ -174,12 +182,16 @@ def quantize_weights(
     per_channel: bool,
     hessians: dict[str, np.ndarray] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Node name -> (int8 codes (K, N), scales) of every planned node's weight."""
+    """Node name -> (int8 codes (K, N), scales) of every planned node's weight, and of every
+    planned Gather's table (see `embedding`)."""
     index = GraphIndex(model.graph)
-    return {
+    weights = {
         name: quantize_matrix(weight_matrix(index, node), per_channel, (hessians or {}).get(name))
         for name, node in plan.nodes.items()
     }
+    for name, table in plan.tables.items():
+        weights[name] = quantize_table(index.constant(table))
+    return weights
 
 
 def build_dynamic(
@@ -195,7 +207,11 @@ def build_dynamic(
     graph = out.graph
     names = Names(graph)
     rewritten: list[onnx.NodeProto] = []
+    stored: dict[str, tuple[str, str]] = {}
     for node in graph.node:
+        if node.name in plan.tables and node.name not in kept:
+            rewritten.extend(embedding_nodes(graph, names, node, weights[node.name], stored))
+            continue
         planned = plan.nodes.get(node.name)
         if planned is None or node.name in kept:
             rewritten.append(node)
@@ -211,7 +227,7 @@ def search_dynamic_fallback(model, plan, weights, data, options, provider) -> Fa
     """Keep float the fewest nodes, most sensitive first, until the fidelity targets hold on
     the calibration data (see `fallback.search_fallback`; each node is its own unit)."""
     return search_fallback(
-        {name: frozenset({name}) for name in plan.nodes},
+        plan.units(),
         lambda kept: build_dynamic(model, plan, weights, kept),
         ReferenceScorer(model, data, SENSITIVITY_SAMPLES, provider),
         ReferenceScorer(model, data, None, provider),

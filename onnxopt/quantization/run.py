@@ -139,17 +139,18 @@ class QuantRun:
                 model, plan, weights, self.data, self.options, self.provider
             )
             kept = result.nodes
-            self._report_fallback(result, {name: frozenset({name}) for name in plan.nodes})
+            self._report_fallback(result, plan.units())
         quantized = build_dynamic(model, plan, weights, kept)
         remove_dead_code(quantized)
         counts = plan.counts()
         for name in kept:
-            counts[plan.nodes[name].op_type] -= 1
+            counts[plan.nodes[name].op_type if name in plan.nodes else "Gather"] -= 1
         self.stats.update(
             {
                 "per_channel": self.options.per_channel,
                 "quantized_ops": counts,
-                "weights": len(plan.nodes) - len(kept),
+                "weights": len(plan.nodes) - len(kept & plan.nodes.keys()),
+                "int8_tables": len(plan.tables) - len(kept & plan.tables.keys()),
             }
         )
         return quantized
