@@ -40,6 +40,7 @@ ONNXOPT = {
     "onnxopt quant, activations=static": "quant{activations=static}",
     "onnxopt quant, activations=dynamic": "quant{activations=dynamic}",
     "onnxopt quant (auto choice)": "quant",
+    "onnxopt quant{target_cosine=0.995} (auto choice)": "quant{target_cosine=0.995}",
 }
 
 
@@ -92,6 +93,8 @@ def quant_record(result) -> str:
     for record in result.report.passes:
         if record.name == "quant":
             mode = record.stats.get("activations", "-")
+            kept = record.stats.get("fallback", {}).get("float_nodes")
+            mode += f", {kept} kept float" if kept else ""
             return f"{mode}; {record.status}" + (f" ({record.reason})" if record.reason else "")
     return "-"
 

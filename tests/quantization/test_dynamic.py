@@ -218,3 +218,28 @@ def test_embedding_tables_are_int8_rows(bert, bert_dynamic):
         if len(t.dims) == 2 and t.dims[1] == 64 and t.dims[0] >= 64
     ]
     assert float_tables and not any(t.name in inits for t in float_tables)
+
+
+def test_gemm_with_transposed_weight_and_bias(tmp_path):
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")
+    scaled = numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "w2")
+    model = float_model(
+        [
+            helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
+            helper.make_node("Gemm", ["h", "w2"], ["y"], name="scaled", alpha=0.5),
+        ],
+        [("x", [4, 16])],
+        [("y", [4, 8])],
+        [w, b, scaled],
+    )
+    batches = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(2)]
+    result = quantize(model, IterableSource(batches, input_specs(model)), activations="dynamic")
+    assert result.stats["quantized_ops"] == {"Gemm": 1}
+    assert any("'scaled'" in r and "alpha" in r for r in result.skipped)
+    assert optimized_ops(result.model, tmp_path)["DynamicQuantizeMatMul"] == 1
+    feed = {"x": rng.standard_normal((4, 16)).astype(np.float32)}
+    expected = make_session(model).run(None, feed)[0]
+    got = make_session(result.model).run(None, feed)[0]
+    np.testing.assert_allclose(got, expected, atol=0.03 * np.abs(expected).max())
