@@ -107,11 +107,15 @@ def plan_dynamic(
     weights (codebooks written by `share`) stay float: their codes would be lost."""
     index = GraphIndex(model.graph)
     plan = DynamicPlan()
+    activations: list[str] = []  # weight input computed at run time (attention)
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm") or not is_onnx_domain(node):
             continue
         if excluded(node, exclude):
             plan.skipped.append(f"{node.op_type} '{node.name}': excluded by option")
+            continue
+        if not index.is_constant(node.input[1]):
+            activations.append(node.name)
             continue
         reason = _refusal(node, index, dtypes)
         if reason is None and node.input[1] in frozen:
@@ -130,14 +134,19 @@ def plan_dynamic(
             trans_b,
             bias or None,
         )
+    if activations:
+        shown = ", ".join(f"'{n}'" for n in activations[:4])
+        plan.skipped.append(
+            f"{len(activations)} MatMul/Gemm of two activations (attention scores and context) "
+            f"stay float: MatMulInteger needs a constant weight ({shown}"
+            f"{', ...' if len(activations) > 4 else ''})"
+        )
     plan.tables, skipped = plan_embeddings(model, exclude, frozen)
     plan.skipped.extend(skipped)
     return plan
 
 
 def _refusal(node: onnx.NodeProto, index: GraphIndex, dtypes: dict[str, int]) -> str | None:
-    if not index.is_constant(node.input[1]):
-        return "weight input is an activation, not a constant (MatMulInteger needs it fixed)"
     weight = index.constant(node.input[1])
     if weight.dtype != np.float32 or weight.ndim != 2:
         return f"weight is {weight.dtype} of rank {weight.ndim}, not a float32 matrix"

@@ -77,6 +77,8 @@ class QuantRun:
         mode, why = choose_activations(model, self.options.activations)
         self.stats.update({"activations": mode, "activations_reason": why})
         if mode == "dynamic":
+            if self.options.activations == "auto":
+                self.skipped.append(f"static activations not used: {why}")
             return self.quantize_dynamic(model)
         model, per_channel = self._per_channel_opset(model)
         if self.options.equalize:
