@@ -39,6 +39,9 @@ BEGIN, END = "<!-- bench_transformer_int8:begin -->", "<!-- bench_transformer_in
 ONNXOPT = {
     "onnxopt quant, activations=static": "quant{activations=static}",
     "onnxopt quant, activations=dynamic": "quant{activations=dynamic}",
+    "onnxopt quant, activations=dynamic, int8_tables=false": (
+        "quant{activations=dynamic,int8_tables=false}"
+    ),
     "onnxopt quant (auto choice)": "quant",
     "onnxopt quant{target_cosine=0.995} (auto choice)": "quant{target_cosine=0.995}",
 }

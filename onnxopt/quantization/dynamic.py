@@ -102,6 +102,7 @@ def plan_dynamic(
     dtypes: dict[str, int],
     exclude: tuple[str, ...],
     frozen: frozenset[str] = frozenset(),
+    tables: bool = True,
 ) -> DynamicPlan:
     """Which MatMul/Gemm nodes run in dynamic int8, and why the others stay float. `frozen`
     weights (codebooks written by `share`) stay float: their codes would be lost."""
@@ -141,8 +142,9 @@ def plan_dynamic(
             f"stay float: MatMulInteger needs a constant weight ({shown}"
             f"{', ...' if len(activations) > 4 else ''})"
         )
-    plan.tables, skipped = plan_embeddings(model, exclude, frozen)
-    plan.skipped.extend(skipped)
+    if tables:
+        plan.tables, skipped = plan_embeddings(model, exclude, frozen)
+        plan.skipped.extend(skipped)
     return plan
 
 

@@ -19,6 +19,11 @@ class QuantOptions:
         "static: calibrated ranges in QDQ; dynamic: MatMul/Gemm activations quantized per run "
         "(DynamicQuantizeMatMul); auto: dynamic for transformer-like graphs, else static",
     )
+    int8_tables: bool = option(
+        True,
+        "dynamic activations: store embedding tables (a Gather of a constant matrix) int8, one "
+        "scale per row",
+    )
     activation_type: Literal["auto", "uint8", "int8"] = option(
         "auto", "activation integer type; auto: uint8 on cpu (U8S8 kernels), int8 on cuda"
     )

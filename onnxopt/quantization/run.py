@@ -124,7 +124,9 @@ class QuantRun:
             return None
         if self.options.equalize:
             model = self.equalize(model)
-        plan = plan_dynamic(model, _dtypes(model), self.options.exclude, self.frozen)
+        plan = plan_dynamic(
+            model, _dtypes(model), self.options.exclude, self.frozen, self.options.int8_tables
+        )
         self.skipped.extend(plan.skipped)
         if not plan.nodes:
             self.skipped.append("nothing quantized: no MatMul/Gemm with a float32 constant weight")

@@ -244,3 +244,12 @@ def test_gemm_with_transposed_weight_and_bias(tmp_path):
     expected = make_session(model).run(None, feed)[0]
     got = make_session(result.model).run(None, feed)[0]
     np.testing.assert_allclose(got, expected, atol=0.03 * np.abs(expected).max())
+
+
+def test_tables_stay_float_on_request(bert):
+    model, calib = bert
+    result = quantize(model, calib, activations="dynamic", int8_tables=False)
+    assert "int8_tables" not in result.stats or result.stats["int8_tables"] == 0
+    assert result.stats["quantized_ops"] == {"MatMul": 12}
+    words = next(t for t in model.graph.initializer if list(t.dims) == [200, 64])
+    assert words.name in {t.name for t in result.model.graph.initializer}
