@@ -16,7 +16,7 @@ from onnxopt.data.sources import IterableSource, input_specs
 from onnxopt.infra.options import build_options
 from onnxopt.infra.pass_base import PassContext
 from onnxopt.runtime.session import make_session
-from tests.conftest import float_model, run_pass
+from tests.conftest import float_model, run_cli, run_pass
 from tests.zoo.bert import make_tiny_bert_onnx
 
 COSINE_BAR = 0.9995
@@ -253,3 +253,16 @@ def test_tables_stay_float_on_request(bert):
     assert result.stats["quantized_ops"] == {"MatMul": 12}
     words = next(t for t in model.graph.initializer if list(t.dims) == [200, 64])
     assert words.name in {t.name for t in result.model.graph.initializer}
+
+
+def test_cli_quant_picks_dynamic_and_says_why(bert, tmp_path):
+    model, _ = bert
+    source, calib, out = tmp_path / "bert.onnx", tmp_path / "calib.npz", tmp_path / "int8.onnx"
+    onnx.save(model, str(source))
+    batches = feeds(5, 8)
+    np.savez(calib, **{k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+    done = run_cli("optimize", source, "--passes", "quant", "--calib", calib, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "static activations not used: transformer-like" in done.stdout
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
