@@ -9,7 +9,12 @@ the accuracy-aware fallback that keeps the most sensitive layers in float until
 `target_cosine`/`target_top1` is met on the calibration data (the manager then measures the
 result on data no pass saw: --val, or its holdout of the calibration samples).
 
-Activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
+Activations (`activations`): `static` calibrates one range per tensor and writes QDQ; `dynamic`
+quantizes the input of each MatMul/Gemm with a constant weight per run (DynamicQuantizeLinear ->
+MatMulInteger, which ORT fuses into DynamicQuantizeMatMul; see `onnxopt.quantization.dynamic`);
+`auto` (the default) takes dynamic for transformer-like graphs (MatMul-dominated, with
+LayerNormalization or Softmax), whose outlier activations one calibrated range serves badly,
+and static otherwise; the stats say which and why. Static activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
 symmetric int8, per output channel; biases: int32 with scale x_scale * w_scale. Relu/Clip after
 an int8 op are absorbed by its Q. On CPU an image stem (a Conv on a 3-channel image input) stays
 float, and so does a few-channel depthwise conv after it: ORT's float kernels are faster there
@@ -43,7 +48,10 @@ log = logging.getLogger(__name__)
 
 class QuantPass(Pass[QuantOptions]):
     name = "quant"
-    summary = "static int8 QDQ quantization (calibrated) that ORT fuses into int8 kernels"
+    summary = (
+        "int8 quantization that ORT fuses into int8 kernels: static QDQ (calibrated), or "
+        "dynamic activations for transformers"
+    )
     Options = QuantOptions
     preserves = frozenset()  # inserts Q/DQ nodes: every tensor set changes
     min_opset = 10

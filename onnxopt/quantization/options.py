@@ -14,6 +14,16 @@ class QuantOptions:
         "percentile", "activation range calibration method"
     )
     percentile: float = option(99.99, "percentile kept by method=percentile", low=90.0, high=100.0)
+    activations: Literal["auto", "static", "dynamic"] = option(
+        "auto",
+        "static: calibrated ranges in QDQ; dynamic: MatMul/Gemm activations quantized per run "
+        "(DynamicQuantizeMatMul); auto: dynamic for transformer-like graphs, else static",
+    )
+    int8_tables: bool = option(
+        True,
+        "dynamic activations: store embedding tables (a Gather of a constant matrix) int8, one "
+        "scale per row",
+    )
     activation_type: Literal["auto", "uint8", "int8"] = option(
         "auto", "activation integer type; auto: uint8 on cpu (U8S8 kernels), int8 on cuda"
     )

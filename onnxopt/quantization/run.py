@@ -23,6 +23,13 @@ from onnxopt.ir.shapes import infer_shapes
 from onnxopt.quantization.bias_correction import CORRECTED_OPS, measure_shift
 from onnxopt.quantization.build import build_qdq
 from onnxopt.quantization.calibrate import EQUALIZE_SAMPLES, Calibrator, channel_absmax
+from onnxopt.quantization.dynamic import (
+    build_dynamic,
+    choose_activations,
+    plan_dynamic,
+    quantize_weights,
+    search_dynamic_fallback,
+)
 from onnxopt.quantization.equalize import (
     Rescaler,
     clipped_factors,
@@ -68,6 +75,12 @@ class QuantRun:
     def quantize(self, model: onnx.ModelProto) -> onnx.ModelProto | None:
         """The QDQ version of the prepared float `model`, or None if nothing is quantizable."""
         ensure_node_names(model.graph)
+        mode, why = choose_activations(model, self.options.activations)
+        self.stats.update({"activations": mode, "activations_reason": why})
+        if mode == "dynamic":
+            if self.options.activations == "auto":
+                self.skipped.append(f"static activations not used: {why}")
+            return self.quantize_dynamic(model)
         model, per_channel = self._per_channel_opset(model)
         if self.options.equalize:
             model = self.equalize(model)
@@ -101,6 +114,48 @@ class QuantRun:
                 "quantized_ops": plan.counts(),
                 "absorbed_activations": len(plan.fused),
                 "weights": len(plan.weighted),
+            }
+        )
+        return quantized
+
+    def quantize_dynamic(self, model: onnx.ModelProto) -> onnx.ModelProto | None:
+        """MatMul/Gemm with constant weights in dynamic int8 (see `dynamic`); None if none."""
+        if default_opset(model) < 11:
+            self.skipped.append("dynamic int8 needs opset 11 (DynamicQuantizeLinear)")
+            return None
+        if self.options.equalize:
+            model = self.equalize(model)
+        plan = plan_dynamic(
+            model, _dtypes(model), self.options.exclude, self.frozen, self.options.int8_tables
+        )
+        self.skipped.extend(plan.skipped)
+        if not plan.nodes:
+            self.skipped.append("nothing quantized: no MatMul/Gemm with a float32 constant weight")
+            return None
+        hessians: dict[str, np.ndarray] = {}
+        if self.options.rounding == "gptq":
+            calibrator = Calibrator(model, self.data, self.options, self.provider)
+            hessians = calibrator.ensure([], collect_layers(model, sorted(plan.nodes)))
+            self.stats["gptq_layers"] = len(hessians)
+        weights = quantize_weights(model, plan, self.options.per_channel, hessians)
+        kept: frozenset[str] = frozenset()
+        if self.options.target_cosine is not None or self.options.target_top1 is not None:
+            result = search_dynamic_fallback(
+                model, plan, weights, self.data, self.options, self.provider
+            )
+            kept = result.nodes
+            self._report_fallback(result, plan.units())
+        quantized = build_dynamic(model, plan, weights, kept)
+        remove_dead_code(quantized)
+        counts = plan.counts()
+        for name in kept:
+            counts[plan.nodes[name].op_type if name in plan.nodes else "Gather"] -= 1
+        self.stats.update(
+            {
+                "per_channel": self.options.per_channel,
+                "quantized_ops": counts,
+                "weights": len(plan.nodes) - len(kept & plan.nodes.keys()),
+                "int8_tables": len(plan.tables) - len(kept & plan.tables.keys()),
             }
         )
         return quantized
@@ -204,12 +259,16 @@ class QuantRun:
             self.options.target_top1,
         )
         kept = result.nodes
+        self._report_fallback(result, units)
+        return build(kept), plans.get(kept, plan)
+
+    def _report_fallback(self, result, units: dict[str, frozenset[str]]) -> None:
         self.stats["fallback"] = {
             "kept_float": [
                 {"tensor": t, "nodes": sorted(units[t]), "cosine_gain": g}
                 for t, g in result.kept_float
             ],
-            "float_nodes": len(kept),
+            "float_nodes": len(result.nodes),
             "measured_on": "calibration samples (in-sample: the search chose on them)",
             "cosine": round(result.score.cosine, 6),
             "top1": None if result.score.top1 is None else round(result.score.top1, 6),
@@ -220,7 +279,6 @@ class QuantRun:
             self.skipped.append(
                 "fallback: the fidelity target is not met even with every node float"
             )
-        return build(kept), plans.get(kept, plan)
 
     @staticmethod
     def _plan_tensors(model, dtypes, config: PlanConfig, nodes: frozenset[str]) -> list[str]:
