@@ -43,14 +43,14 @@ def corpus_dir(cache: Path | None = None) -> Path:
     if (target / _MARKER).exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".onnx-{ONNX_VERSION}.lock"):
+    with locked(root / f".onnx-{ONNX_VERSION}.lock"):
         if not (target / _MARKER).exists():
             _populate(root, target)
     return target
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
     """An exclusive lock so parallel test workers download once."""
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

