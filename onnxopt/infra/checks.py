@@ -91,8 +91,9 @@ NOISE_FACTOR = 4.0
 graph optimizations on versus off): reassociated sums differ in their last bits, and a deep
 network carries them to the output. PP-OCRv4's detector after cleanup: max rel error 1.25e-5,
 where ORT alone moves it by 1.33e-5."""
-NOISE_CEILING = 1e-3
-"""Beyond this relative error a change is never float noise, whatever ORT's own noise is."""
+NOISE_CEILING = 1e-4
+"""Beyond this relative error a change is never float noise, whatever ORT's own noise is (fp16
+models' own noise reaches 1e-4: the backend corpus holds a lossless pass to 2e-5 there)."""
 
 
 def within_float_noise(
