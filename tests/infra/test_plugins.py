@@ -168,6 +168,7 @@ def test_broken_plugins_are_one_warning_each(demo_site, broken_site):
         "prune",
         "quant",
         "share",
+        "upgrade",
         "rename_nodes",
         "round_weights",
     }
