@@ -308,18 +308,22 @@ def ort_calibration_feeds(path: Path) -> list[dict[str, np.ndarray]]:
     ]
 
 
+def run_module_child(module: str, spec: dict) -> subprocess.CompletedProcess:
+    """`python -m module --child SPEC` in `spec["workdir"]`, this repository importable."""
+    return subprocess.run(
+        [sys.executable, "-m", module, "--child", json.dumps(spec)],
+        cwd=spec["workdir"],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+    )
+
+
 def run_child(spec: dict) -> tuple[float, float, dict]:
     """(seconds, peak RSS in MB, onnxopt's report fields) of one quantization in a fresh process;
     the peak is the child's own VmHWM (a forked child's rusage would also count the parent's
     pages)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_quant", "--child", json.dumps(spec)],
-        cwd=spec["workdir"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = run_module_child("benchmarks.bench_quant", spec)
     if done.returncode != 0:
         raise RuntimeError(
             f"quantization failed: {spec['tool']} {spec['options']}: {done.stderr[-2000:]}"

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.bench_quant import ort_quantize, peak_rss_kb
+from benchmarks.bench_quant import ort_quantize, peak_rss_kb, run_module_child
 from benchmarks.results_file import write_section
 from onnxopt.analyses.stats import bench_facts
 from onnxopt.runtime.bench import BenchSettings, benchmark_models
@@ -96,14 +94,7 @@ def _line(exc: BaseException) -> str:
 
 
 def run_child(spec: dict) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_real_models", "--child", json.dumps(spec)],
-        cwd=spec["workdir"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = run_module_child("benchmarks.bench_real_models", spec)
     if done.returncode != 0:
         return {"status": f"child exited {done.returncode}: {done.stderr.strip()[-300:]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
