@@ -17,9 +17,11 @@ import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnxopt.data.feeds import feed_rows, feeds_up_to
 from onnxopt.data.sources import Feed
@@ -66,6 +68,17 @@ def expose_tensors(
     return exposed
 
 
+@dataclass(frozen=True)
+class _Group:
+    """What one run reads: its session and run options, the tensors it computes, and those it
+    hands back (computed ones and graph inputs taken from the feed)."""
+
+    session: ort.InferenceSession | None
+    run_options: ort.RunOptions | None
+    computed: list[str]
+    wanted: list[str]
+
+
 class TensorProbe:
     """Reads a fixed list of tensors of `model` for each feed, on `provider`."""
 
@@ -102,16 +115,18 @@ class TensorProbe:
 
     def read(self, feed: Feed) -> dict[str, np.ndarray]:
         """The values of the tensors on `feed` (graph inputs: the feed's own arrays)."""
-        return self._read(feed, self.session, self.computed, self.tensors)
+        return self._read(feed, self._whole())
 
-    def _read(self, feed: Feed, session, computed: list[str], wanted: list[str]):
+    def _whole(self) -> _Group:
+        return _Group(self.session, RELEASE, self.computed, self.tensors)
+
+    def _read(self, feed: Feed, group: _Group) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = {}
-        if session is not None:
+        if group.session is not None:
             run_feed = {k: v for k, v in feed.items() if k in self.inputs}
-            # Only the whole-list session has an arena to give back (see `_plan`).
-            release = RELEASE if session is self.session else None
-            values = dict(zip(computed, session.run(computed, run_feed, release), strict=True))
-        values.update({t: feed[t] for t in wanted if t not in values and t in feed})
+            outputs = group.session.run(group.computed, run_feed, group.run_options)
+            values = dict(zip(group.computed, outputs, strict=True))
+        values.update({t: feed[t] for t in group.wanted if t not in values and t in feed})
         return values
 
     def stream(
@@ -137,17 +152,17 @@ class TensorProbe:
         )
         with ThreadPoolExecutor(max_workers=1) as worker:
             pending = None
-            for feed, (session, computed, wanted), rows in jobs:
-                running = (worker.submit(self._read, feed, session, computed, wanted), rows)
+            for feed, group, rows in jobs:
+                running = (worker.submit(self._read, feed, group), rows)
                 if pending is not None:
                     yield pending[0].result(), pending[1]
                 pending = running
             if pending is not None:
                 yield pending[0].result(), pending[1]
 
-    def _plan(self, feed: Feed) -> tuple[int, list[tuple]]:
-        """Rows per run and the tensor groups (session, computed, wanted) of a stream."""
-        whole = [(self.session, self.computed, self.tensors)]
+    def _plan(self, feed: Feed) -> tuple[int, list[_Group]]:
+        """Rows per run and the tensor groups of a stream."""
+        whole = [self._whole()]
         if self.session is None:
             return feed_rows(feed), whole
         split = self._can_split(feed, feed_rows(feed))
@@ -174,7 +189,7 @@ class TensorProbe:
         # Group sessions run in turn on every sample. An arena keeps its first region even when
         # given back, so each would hold its own (the detector: 1.7 GB instead of 1.2 GB).
         return 1, [
-            (self._session(g, True, arena=False), g, g + inputs * (i == 0))
+            _Group(self._session(g, True, arena=False), None, g, g + inputs * (i == 0))
             for i, g in enumerate(groups)
         ]
 
