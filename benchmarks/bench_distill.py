@@ -66,8 +66,7 @@ def transformer_rows(tmp: Path, args) -> list[gen.Row]:
         began = time.perf_counter()
         result = optimize(fp32, out, passes=text, calib=paths["calib"], seed=gen.SEED)
         row.optimize_seconds = time.perf_counter() - began
-        row.passes = [{"step": p.step, "status": p.status, "reason": p.reason}
-                      for p in result.report.passes]
+        row.passes = gen.pass_steps(result.report)
         row.status = gen.pass_status(row.passes)
         row.peak_rss_mb = max(p.peak_rss_mb for p in result.report.passes)
         for name in ("new_crops", "other_photos"):

@@ -205,9 +205,7 @@ def run_pipeline(model: str, fp32: Path, text: str, out: Path, sets: dict, split
         log.warning("%s %s: %s", model, text, row.status)
         return row
     row.optimize_seconds = time.perf_counter() - start
-    row.passes = [
-        {"step": p.step, "status": p.status, "reason": p.reason} for p in result.report.passes
-    ]
+    row.passes = pass_steps(result.report)
     row.status = pass_status(row.passes)
     peaks = [p.peak_rss_mb for p in result.report.passes if p.peak_rss_mb is not None]
     row.peak_rss_mb = max(peaks, default=None)
@@ -226,10 +224,24 @@ def run_pipeline(model: str, fp32: Path, text: str, out: Path, sets: dict, split
     return row
 
 
+def pass_steps(report) -> list[dict]:
+    return [{"step": p.step, "status": p.status, "reason": p.reason, "skipped": p.skipped}
+            for p in report.passes]
+
+
 def pass_status(passes: list[dict]) -> str:
+    """"changed", or each step's status; a step that changed nothing with its reason (a
+    pass's last skipped line is the one that decided: e.g. why distill kept its input)."""
     if all(p["status"] == "changed" for p in passes):
         return "changed"
-    return "; ".join(f"{p['step']} {p['status']}" for p in passes)
+    return "; ".join(f"{p['step']} {p['status']}{_why(p)}" for p in passes)
+
+
+def _why(step: dict) -> str:
+    if step["status"] == "changed":
+        return ""
+    reason = step.get("reason") or (step.get("skipped") or [""])[-1]
+    return f" ({reason})" if reason else ""
 
 
 def measure_model(model: str, tmp: Path, args) -> list[Row]:

@@ -25,10 +25,10 @@ import torch
 from onnxopt.data.feeds import DataSource, Feed, input_specs, static_batch
 from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.ir.graph import constant_node_value, replace_constant
-from onnxopt.ir.shapes import infer_shapes
 from onnxopt.runtime.fidelity import compare_runners
 from onnxopt.runtime.probe import expose_tensors
 from onnxopt.runtime.session import make_session, session_options
+from onnxopt.training.features import FeatureMatch, candidate_features, match_feature, spread
 from onnxopt.training.graph_module import GraphModule
 from onnxopt.training.loss import distill_loss
 from onnxopt.training.nodes import Unsupported
@@ -45,6 +45,9 @@ from onnxopt.training.trainables import plan_training
 log = logging.getLogger(__name__)
 
 MIN_SAMPLES = 8
+MATCH_ROWS = 4
+"""Samples the feature pairing is measured on: a few images give tens of thousands of
+positions per channel, and every candidate tensor of the batch is held at once."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class DistillRun:
     seed: int = 0
     progress: PassProgress = no_progress
     batch: int = 0
+    fixed: bool = False
     stats: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -88,6 +92,7 @@ class DistillRun:
         samples = load_samples(self.data)
         # a static batch dim (batch-1 exports) is the only batch the graph runs
         fixed = static_batch(input_specs(student))
+        self.fixed = fixed is not None
         self.batch = fixed or self.options.batch_size
         if samples.count < max(MIN_SAMPLES, 2 * self.batch):
             self.skipped.append(f"distill needs at least {max(MIN_SAMPLES, 2 * self.batch)} "
@@ -99,16 +104,16 @@ class DistillRun:
         torch.set_num_threads(threads)
         torch.manual_seed(self.seed)
         device = _device(self.provider)
-        module.extra = shared_features(student, teacher, self.options.features)
         module.to(device)
+        train, stop = split_early_stop(samples, self.options.early_stop, self.seed, fixed or 1)
+        self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
+        features = self._features(module, student, teacher, train, threads)
+        module.extra = [match.name for match in features]
         teacher_session = make_session(
             expose_tensors(teacher, module.extra), self.provider,
             options=session_options(threads=threads, spinning=False),
         )
-        names = module.output_names + module.extra
-        labeller = Labeller(teacher_session, names)
-        train, stop = split_early_stop(samples, self.options.early_stop, self.seed, fixed or 1)
-        self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
+        labeller = Labeller(teacher_session, module.output_names, features)
         trainer = Trainer(module, labeller, self.options, device, self.seed, self.batch,
                           self.progress)
         best = trainer.fit(train, stop)
@@ -119,6 +124,35 @@ class DistillRun:
             return None
         written = write_back(student, module.constant_values())
         return self._verdict(student, written, labeller, stop)
+
+    def _features(self, module: GraphModule, student, teacher, train: Samples,
+                  threads: int) -> list[FeatureMatch]:
+        """The feature term's tensors, paired channel by channel on one training batch (see
+        `training.features`)."""
+        candidates = candidate_features(student, teacher) if self.options.features else []
+        if not candidates:
+            self.stats["features"] = {"candidates": 0, "used": 0}
+            return []
+        feed = train.take(np.arange(min(train.count, self.batch if self.fixed else
+                                        MATCH_ROWS)))
+        session = make_session(expose_tensors(teacher, candidates), self.provider,
+                               options=session_options(threads=threads, spinning=False))
+        teacher_values = session.run(candidates, feed)
+        del session
+        module.extra = candidates
+        with torch.no_grad():
+            got = module(*tensors(feed, module.input_names, _module_device(module)))
+        student_values = [t.cpu().numpy() for t in got[len(module.output_names):]]
+        module.extra = []
+        matches = [match_feature(name, s, t, self.seed) for name, s, t in
+                   zip(candidates, student_values, teacher_values, strict=True)]
+        usable = [m for m in matches if m is not None]
+        chosen = spread(usable, self.options.features)
+        self.stats["features"] = {
+            "candidates": len(candidates), "paired": len(usable), "used": len(chosen),
+            "channels_used": int(sum(len(m.student_channels) for m in chosen)),
+        }
+        return chosen
 
     def _verdict(self, student, written, labeller, stop: Samples) -> onnx.ModelProto | None:
         """`written` when ONNX Runtime agrees with the teacher on the early-stopping samples
@@ -164,18 +198,27 @@ def _describe(score: Score) -> str:
 
 
 class Labeller:
-    """The teacher under ONNX Runtime: outputs and features for a batch."""
+    """The teacher under ONNX Runtime: its outputs for a batch, then its features in the
+    student's channels and units."""
 
-    def __init__(self, session, names: list[str]) -> None:
-        self.session, self.names = session, names
+    def __init__(self, session, outputs: list[str], features: list[FeatureMatch]) -> None:
+        self.session, self.outputs, self.features = session, outputs, features
+        self.names = outputs + [match.name for match in features]
 
     def __call__(self, feed: Feed) -> list[np.ndarray]:
-        return self.session.run(self.names, feed)
+        values = self.session.run(self.names, feed)
+        count = len(self.outputs)
+        return values[:count] + [match.target(value) for match, value in
+                                 zip(self.features, values[count:], strict=True)]
+
+
+def _module_device(module: GraphModule) -> torch.device:
+    return next(iter(module.parameters())).device
 
 
 def student_runner(module: GraphModule, outputs: int):
     """The torch view as a fidelity-scorer runner (numpy in, its graph outputs out)."""
-    device = next(iter(module.parameters())).device
+    device = _module_device(module)
 
     def run(feed: Feed) -> list[np.ndarray]:
         with torch.no_grad():
@@ -291,6 +334,8 @@ class Trainer:
             group["lr"] = group["base"] * learning_rate_factor((step + 1) / (total + 1))
         self.optimizer.zero_grad(set_to_none=True)
         got = self.module(*inputs)
+        got = got[:outputs] + [match.student(value) for match, value in
+                               zip(self.labeller.features, got[outputs:], strict=True)]
         loss = distill_loss(got, targets, outputs, self.options.temperature,
                             self.options.feature_weight)
         loss.backward()
@@ -325,36 +370,6 @@ def write_back(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.Mo
             value = np.clip(np.rint(value), info.min, info.max)
         replace_constant(out.graph, name, np.asarray(value).astype(dtype))
     return out
-
-
-def shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, count: int) -> list[str]:
-    """Up to `count` float tensors both graphs compute under the same name and shape, spread
-    over the student's depth and ending with the last such tensor (the features before the
-    head)."""
-    if count == 0:
-        return []
-    produced = {o for n in teacher.graph.node for o in n.output}
-    outputs = {o.name for o in student.graph.output} | {o.name for o in teacher.graph.output}
-    s_info, t_info = infer_shapes(student), infer_shapes(teacher)
-    candidates = []
-    for node in student.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
-            continue
-        for name in node.output:
-            if name in produced and name not in outputs and _same(name, s_info, t_info):
-                candidates.append(name)
-    if len(candidates) <= count:
-        return candidates
-    picks = np.linspace(0, len(candidates) - 1, count).round().astype(int)
-    return [candidates[i] for i in sorted(set(picks.tolist()))]
-
-
-def _same(name: str, s_info, t_info) -> bool:
-    shape = s_info.shape(name)
-    if shape is None or shape != t_info.shape(name) or len(shape) < 2:
-        return False
-    float_type = onnx.TensorProto.FLOAT
-    return s_info.dtypes.get(name) == float_type == t_info.dtypes.get(name)
 
 
 def _cores() -> int:
