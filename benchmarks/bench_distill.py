@@ -137,24 +137,45 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
     parser.add_argument("--no-transformer", dest="transformer", action="store_false")
+    parser.add_argument("--keep-others", action="store_true",
+                        help="the table keeps the rows not run now (other models, other "
+                             "pipelines) from --out's results.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     gen.check_disjoint(args.calib_samples, args.eval_samples)
     bases = list(args.pipelines)
-    results: dict[str, list[gen.Row]] = {}
+    # rows not re-run keep their values from the last run (the table covers every model)
+    results = _load(args.out) if args.keep_others else {}
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as name:
         for model in args.models:
             args.pipelines, args.audit = pipelines_for(model, bases), False
-            results[model] = gen.measure_model(model, Path(name), args)
+            results[model] = _merged(results.get(model, []),
+                                     gen.measure_model(model, Path(name), args))
             _save(results, args.out)
         if args.transformer:
-            results["transformer"] = transformer_rows(Path(name), args)
+            results["transformer"] = _merged(results.get("transformer", []),
+                                             transformer_rows(Path(name), args))
             _save(results, args.out)
     titles = {**gen.TITLES, "transformer": "Small transformer (test zoo, random weights)"}
     body = "\n\n".join(f"### {titles[m]}\n\n{table(rows)}" for m, rows in results.items())
     if not args.no_results:
         write_section(BEGIN, END, section(args, body))
     print(body)
+
+
+def _merged(old: list[gen.Row], new: list[gen.Row]) -> list[gen.Row]:
+    """`old` with each row of `new` in place of the old row of its pipeline (new ones last)."""
+    fresh = {row.pipeline: row for row in new}
+    kept = [fresh.pop(row.pipeline, row) for row in old]
+    return kept + list(fresh.values())
+
+
+def _load(out: Path) -> dict[str, list[gen.Row]]:
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return {model: [gen.Row(**row) for row in rows] for model, rows in saved.items()}
 
 
 def _save(results: dict, out: Path) -> None:

@@ -52,14 +52,17 @@ positions per channel, and every candidate tensor of the batch is held at once."
 
 @dataclass(frozen=True)
 class Score:
-    """Early-stopping fidelity: top-1 agreement when the first output is class scores, the
-    output cosine otherwise (and as the tie-break)."""
+    """Early-stopping fidelity: the worst output cosine with the teacher, then top-1 agreement
+    when the first output is class scores. The cosine leads because it moves smoothly: top-1
+    on the hundred-odd early-stopping samples moves by whole samples, and picked a model whose
+    cosine had fallen (pruned MobileNetV2: early-stop top-1 80.5 -> 82.9 % while its cosine
+    fell 0.9761 -> 0.9716; on 200 new crops its top-1 fell 76 -> 73 %)."""
 
     top1: float | None
     cosine: float
 
     def key(self) -> tuple[float, float]:
-        return (self.top1 if self.top1 is not None else self.cosine, self.cosine)
+        return (self.cosine, self.top1 if self.top1 is not None else 0.0)
 
     def to_dict(self) -> dict:
         return {"top1": self.top1, "cosine": self.cosine}
