@@ -75,6 +75,8 @@ def test_distill_recovers_a_broken_student_on_held_out_digits(broken, recovered,
     assert stats["early_stop_after"]["top1"] > stats["early_stop_before"]["top1"]
     runtime = stats["onnxruntime_early_stop"]
     assert runtime["after"]["top1"] > runtime["before"]["top1"]
+    features = stats["features"]  # the pruned student's thinned tensors pair with the teacher's
+    assert 1 <= features["used"] <= features["paired"] <= features["candidates"], features
 
 
 def test_distill_keeps_the_quantized_layout(broken, recovered):
