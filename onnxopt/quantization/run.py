@@ -39,7 +39,8 @@ from onnxopt.quantization.equalize import (
 )
 from onnxopt.quantization.fallback import (
     SENSITIVITY_SAMPLES,
-    probe_groups,
+    FallbackResult,
+    search_coarse_to_fine,
     search_fallback,
     tensor_units,
 )
@@ -257,23 +258,21 @@ class QuantRun:
                 )
             return quantized if not kept else self.assemble(model, plans[kept], calibrator)
 
-        units = probe_groups(
-            model.graph,
-            tensor_units(
-                model.graph, plan.nodes, [t for t in sorted(plan.roots) if t not in plan.constants]
-            ),
-        )
-        needed = {
-            t for nodes in units.values() for t in self._plan_tensors(model, dtypes, config, nodes)
-        }
-        calibrator.ensure(sorted(needed))
-        result = search_fallback(
-            units,
-            build,
-            ReferenceScorer(model, data, SENSITIVITY_SAMPLES, self.provider),
-            ReferenceScorer(model, data, None, self.provider),
-            *targets,
-        )
+        ranking = ReferenceScorer(model, data, SENSITIVITY_SAMPLES, self.provider)
+        judge = ReferenceScorer(model, data, None, self.provider)
+
+        def search(units: dict[str, frozenset[str]]) -> FallbackResult:
+            needed = {
+                t
+                for nodes in units.values()
+                for t in self._plan_tensors(model, dtypes, config, nodes)
+            }
+            calibrator.ensure(sorted(needed))
+            return search_fallback(units, build, ranking, judge, *targets)
+
+        roots = [t for t in sorted(plan.roots) if t not in plan.constants]
+        units = tensor_units(model.graph, plan.nodes, roots)
+        result, units = search_coarse_to_fine(model.graph, units, search)
         kept = result.nodes
         self._report_fallback(result, units)
         self.stats["fallback"]["targets"] = {"cosine": targets[0], "top1": targets[1]}

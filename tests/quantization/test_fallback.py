@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxopt.quantization.fallback import probe_groups
+from onnxopt.quantization.fallback import FallbackResult, probe_groups, search_coarse_to_fine
 from tests.conftest import float_model
 from tests.quantization.test_quant import _random, quantize
 
@@ -25,6 +25,24 @@ def test_probe_groups_join_units_adjacent_in_graph_order():
         frozenset({"n9"}),
     ]
     assert list(groups) == ["z9", "z6", "z3", "z0"]  # each under its first unit's name
+
+
+def test_coarse_to_fine_searches_again_inside_the_groups_kept_float():
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"n{i}") for i in range(8)]
+    graph = helper.make_graph(nodes, "g", [], [])
+    units = {f"u{i}": frozenset({f"n{i}"}) for i in range(8)}
+    searched = []
+
+    def search(candidates):  # fake: the target needs n5 float, and nothing else
+        searched.append(sorted(candidates))
+        kept = [name for name, nodes in candidates.items() if "n5" in nodes]
+        return FallbackResult(
+            kept_float=[(kept[0], 0.5)], nodes=candidates[kept[0]], met=True, evaluations=3
+        )
+
+    result, named = search_coarse_to_fine(graph, units, search, limit=4)
+    assert searched == [["u0", "u2", "u4", "u6"], ["u4", "u5"]]  # pairs, then inside u4's pair
+    assert result.nodes == {"n5"} and named["u5"] == {"n5"} and result.evaluations == 6
 
 
 def _two_convs():
