@@ -68,9 +68,9 @@ class QuantOptions:
     )
     auto_fallback: float | None = option(
         0.03,
-        "with no target set: when the worst output cosine on the calibration data is below "
-        "min_cosine + this margin (for data the pass did not see), keep the fewest sensitive "
-        "layers float to reach it instead of being rolled back; None: no search",
+        "static activations, no target set: when the worst output cosine on the calibration "
+        "data is below min_cosine + this margin (for data the pass did not see), keep the "
+        "fewest sensitive layers float to reach it instead of being rolled back; None: no search",
         low=0.0,
         high=1.0,
     )
