@@ -259,7 +259,10 @@ class QuantRun:
             return quantized if not kept else self.assemble(model, plans[kept], calibrator)
 
         ranking = ReferenceScorer(model, data, SENSITIVITY_SAMPLES, self.provider)
-        judge = ReferenceScorer(model, data, None, self.provider)
+        # a target the user set is judged on all the data; the automatic one guards the gate,
+        # which measures on other data anyway: the ranking's samples are enough, and cheap
+        explicit = self.options.target_cosine is not None or self.options.target_top1 is not None
+        judge = ranking if not explicit else ReferenceScorer(model, data, None, self.provider)
 
         def search(units: dict[str, frozenset[str]]) -> FallbackResult:
             needed = {
@@ -275,7 +278,11 @@ class QuantRun:
         result, units = search_coarse_to_fine(model.graph, units, search)
         kept = result.nodes
         self._report_fallback(result, units)
-        self.stats["fallback"]["targets"] = {"cosine": targets[0], "top1": targets[1]}
+        self.stats["fallback"]["targets"] = {
+            "cosine": targets[0],
+            "top1": targets[1],
+            "judged_on_at_most": None if explicit else SENSITIVITY_SAMPLES,  # None: all samples
+        }
         return build(kept), plans.get(kept, plan)
 
     def _report_fallback(self, result, units: dict[str, frozenset[str]]) -> None:
