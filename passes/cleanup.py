@@ -13,6 +13,8 @@ Rewrites, in the main graph:
   AveragePool counting pads) with explicit pads: added to the reader's pads (TF-style SAME
   exports; ORT keeps such a Pad in float between Q/DQ pairs). The rule and each reason a Pad
   is kept: `onnxopt.ir.pad_fold`.
+- Div by a floating-point constant: a Mul by its reciprocal (ONNX Runtime has an int8 Mul and
+  no int8 Div; `onnxopt.ir.div_to_mul`).
 - Nodes and initializers no output depends on: removed; nodes sorted topologically.
 
 Refuses (and reports) a fold when a weight is not constant or the layer's output has other readers.
@@ -31,6 +33,7 @@ from onnxopt.analyses.codebooks import compressed_tensors
 from onnxopt.infra.analysis import shapes_of
 from onnxopt.infra.options import option
 from onnxopt.infra.pass_base import Pass, PassContext, PassResult
+from onnxopt.ir.div_to_mul import divs_to_muls
 from onnxopt.ir.edit import bypass_node, fold_constants, remove_dead_code
 from onnxopt.ir.graph import (
     GraphIndex,
@@ -63,6 +66,9 @@ class CleanupOptions:
     fold_pad: bool = option(
         True, "fold a constant zero Pad into the Conv/AveragePool that reads it"
     )
+    div_to_mul: bool = option(
+        True, "turn a Div by a constant into a Mul by its reciprocal (int8 Mul exists, Div not)"
+    )
 
 
 class CleanupPass(Pass[CleanupOptions]):
@@ -93,6 +99,9 @@ class CleanupPass(Pass[CleanupOptions]):
         if self.options.fold_pad:
             stats["pads_folded"], kept = fold_pads(model.graph)
             skipped.extend(kept)
+        if self.options.div_to_mul:
+            stats["divs_to_muls"], kept = divs_to_muls(model.graph)
+            skipped.extend(kept)
         if self.options.fold_bn:
             stats["bn_folded"] = _fold_batchnorms(model.graph, skipped)
         stats["dead_removed"] = remove_dead_code(model)
@@ -100,6 +109,7 @@ class CleanupPass(Pass[CleanupOptions]):
         changed = (
             stats["bn_folded"] > 0
             or stats.get("pads_folded", 0) > 0
+            or stats.get("divs_to_muls", 0) > 0
             or stats["passthrough_removed"] > 0
             or stats["nodes_after"] != stats["nodes_before"]
             or len(model.graph.initializer) != initializers_before

@@ -7,20 +7,23 @@ planned tensors on the calibration data), fidelity techniques (channel equalizat
 calibration; GPTQ weight rounding, and optionally bias correction, after), QDQ rewrite, then
 the accuracy-aware fallback that keeps the most sensitive layers in float until
 `target_cosine`/`target_top1` is met on the calibration data (the manager then measures the
-result on data no pass saw: --val, or its holdout of the calibration samples).
+result on data no pass saw: --val, or its holdout of the calibration samples). With no target
+set, the fallback still runs when the int8 model's worst output cosine on the calibration data
+is below `min_cosine` + `auto_fallback`: a model the gate would roll back keeps a few layers
+float instead.
 
 Activations (`activations`): `static` calibrates one range per tensor and writes QDQ; `dynamic`
 quantizes the input of each MatMul/Gemm with a constant weight per run (DynamicQuantizeLinear ->
 MatMulInteger, which ORT fuses into DynamicQuantizeMatMul; see `onnxopt.quantization.dynamic`);
 `auto` (the default) takes dynamic for transformer-like graphs (MatMul-dominated, with
-LayerNormalization or Softmax), whose outlier activations one calibrated range serves badly,
-and static otherwise; the stats say which and why. Static activations: affine 8-bit (uint8 on CPU: U8S8 kernels are the fast ones; int8 on CUDA); weights:
-symmetric int8, per output channel; biases: int32 with scale x_scale * w_scale. Relu/Clip after
-an int8 op are absorbed by its Q. On CPU an image stem (a Conv on a 3-channel image input) stays
-float, and so does a few-channel depthwise conv after it: ORT's float kernels are faster there
-(see `onnxopt.quantization.stem`). Weights stored as codebooks by `share` stay codebooks, of int8
-codes (see `onnxopt.quantization.shared`). Declines (model unchanged, reason in the report) a
-model that is already quantized or has nothing to quantize.
+LayerNormalization or Softmax), whose outlier activations one calibrated range serves badly, and
+static otherwise; the stats say which and why. Static activations: affine 8-bit (uint8 on CPU: U8S8
+kernels are the fast ones; int8 on CUDA); weights: symmetric int8, per output channel; biases: int32
+with scale x_scale * w_scale. Relu/Clip after an int8 op are absorbed by its Q. On CPU an image stem
+(a Conv on a 3-channel image input) stays float, and so does a few-channel depthwise conv after it:
+ORT's float kernels are faster there (see `onnxopt.quantization.stem`). Weights stored as codebooks
+by `share` stay codebooks, of int8 codes (see `onnxopt.quantization.shared`). Declines (model
+unchanged, reason in the report) a model that is already quantized or has nothing to quantize.
 
     onnxopt optimize model.onnx --passes quant --calib data.npz -o model_int8.onnx
     onnxopt optimize model.onnx --passes "quant{target_top1=0.95}" --calib c.npz

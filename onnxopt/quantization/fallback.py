@@ -6,8 +6,12 @@ it and the int8 nodes reading it run in float (a lone float node would still rea
 quantized tensors, so it would remove only its weight rounding). Sensitivity of a unit = how
 much the output cosine improves when only that unit is float (on a subset of the data). Units
 are ranked by it, and the smallest prefix of the ranking that meets the target on the
-calibration data is found by doubling, then bisection. The pass never sees the data the
-manager's gate measures on, so the gate says whether the target holds on new inputs.
+calibration data is found by doubling, then bisection. A model of more than `MAX_PROBES` units
+(a detector has hundreds: each probe builds and runs the model) is probed in runs of units
+adjacent in graph order, each run one unit (`probe_groups`), then searched again among the
+units inside the runs that search kept float (`search_coarse_to_fine`): a bounded cost. The
+pass never sees the data the manager's gate measures on, so the gate says whether the target
+holds on new inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from onnxopt.runtime.fidelity import ReferenceScorer, Score
 log = logging.getLogger(__name__)
 
 SENSITIVITY_SAMPLES = 128
+MAX_PROBES = 32
 
 
 @dataclass
@@ -63,6 +68,45 @@ def tensor_units(
             seen.add(unit)
             units[tensor] = unit
     return units
+
+
+def probe_groups(
+    graph: onnx.GraphProto, units: dict[str, frozenset[str]], limit: int = MAX_PROBES
+) -> dict[str, frozenset[str]]:
+    """`units` if at most `limit`, else at most `limit` runs of units adjacent in graph order
+    (by their first node), each under its first unit's name."""
+    if len(units) <= limit:
+        return units
+    position = {node.name: i for i, node in enumerate(graph.node)}
+    ordered = sorted(units, key=lambda t: (min(position.get(n, 0) for n in units[t]), t))
+    size = -(-len(ordered) // limit)
+    return {
+        ordered[i]: frozenset().union(*(units[t] for t in ordered[i : i + size]))
+        for i in range(0, len(ordered), size)
+    }
+
+
+def search_coarse_to_fine(
+    graph: onnx.GraphProto,
+    units: dict[str, frozenset[str]],
+    search: Callable[[dict[str, frozenset[str]]], FallbackResult],
+    limit: int = MAX_PROBES,
+) -> tuple[FallbackResult, dict[str, frozenset[str]]]:
+    """`search` over the probe groups of `units`; when it kept groups float, `search` again
+    over the units inside them, kept if it meets the targets with fewer float nodes. Returns
+    the result and the units its names refer to."""
+    groups = probe_groups(graph, units, limit)
+    result = search(groups)
+    if groups is units or not result.met or not result.nodes:
+        return result, groups
+    inner = {name: nodes for name, nodes in units.items() if nodes <= result.nodes}
+    finer = probe_groups(graph, inner, limit)
+    fine = search(finer)
+    fine.evaluations += result.evaluations
+    if fine.met and len(fine.nodes) < len(result.nodes):
+        return fine, finer
+    result.evaluations = fine.evaluations
+    return result, groups
 
 
 def search_fallback(

@@ -66,3 +66,11 @@ class QuantOptions:
     min_cosine: float = option(
         0.9, "roll back when the output cosine on real data falls below this", low=0.0, high=1.0
     )
+    auto_fallback: float | None = option(
+        0.03,
+        "static activations, no target set: when the worst output cosine on the calibration "
+        "data is below min_cosine + this margin (for data the pass did not see), keep the "
+        "fewest sensitive layers float to reach it instead of being rolled back; None: no search",
+        low=0.0,
+        high=1.0,
+    )

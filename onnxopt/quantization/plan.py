@@ -108,9 +108,7 @@ def make_plan(model: onnx.ModelProto, dtypes: dict[str, int], config: PlanConfig
     }
     for name, node in candidates.items():
         if name not in active and RULES[node.op_type].kind != "move":
-            plan.skipped.append(
-                f"{node.op_type} '{name}' stays float: no int8 neighbour on one side"
-            )
+            plan.skipped.append(f"{node.op_type} '{name}' stays float: {_why_inactive(node)}")
     _assign_tensors(plan, graph, index, core, moves, fusable, config)
     return plan
 
@@ -229,21 +227,29 @@ def _zero_inside_clip(node: onnx.NodeProto, index: GraphIndex) -> bool:
 def _active(index, candidates, fusable) -> set[str]:
     """Candidates that run in int8: every weighted op, and each other op that reads an int8
     tensor and feeds an int8 reader (a greatest fixpoint: start from all, drop until stable).
-    Others would only add Q/DQ round trips around float neighbours."""
+    Others would only add Q/DQ round trips around float neighbours. A table op (see
+    `OpRule.table`) needs only the int8 input: its DQ moves after it, where it is no dearer."""
     active = set(candidates)
     changed = True
     while changed:
         changed = False
         for name, node in candidates.items():
-            if name not in active or RULES[node.op_type].kind == "weighted":
+            rule = RULES[node.op_type]
+            if name not in active or rule.kind == "weighted":
                 continue
             if not (
                 _reads_int8(node, index, active, fusable)
-                and _feeds_int8(node, index, active, fusable)
+                and (rule.table or _feeds_int8(node, index, active, fusable))
             ):
                 active.discard(node.name)
                 changed = True
     return active
+
+
+def _why_inactive(node: onnx.NodeProto) -> str:
+    if RULES[node.op_type].table:
+        return "no int8 input (its table kernel would only add a Q before it)"
+    return "no int8 neighbour on one side"
 
 
 def _int8_available(tensor: str, index, active, fusable) -> bool:

@@ -3,7 +3,8 @@
 ORT's `QDQSelectorActionTransformer` turns `DQ -> op -> Q` groups into int8 kernels:
 - weighted: Conv -> QLinearConv (Q output required), Gemm -> QGemm and MatMul -> QLinearMatMul
   or MatMulIntegerToFloat (Q output optional: without it the kernel writes float);
-- unary (one DQ, one Q): AveragePool, GlobalAveragePool, LeakyRelu, Sigmoid, Softmax;
+- unary (one DQ, one Q): AveragePool, GlobalAveragePool, LeakyRelu, Sigmoid, Softmax
+  (QLinearSigmoid and QLinearLeakyRelu are 256-entry table lookups);
 - binary (two DQ, one Q, same int type): Add, Mul; variadic: Concat;
 - data movement ("drop" rules: DQ -> op -> Q with equal scale/zero point becomes the op on int8
   data): Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Gather, Slice, Expand, Tile, Resize,
@@ -28,6 +29,9 @@ class OpRule:
     `activations`: input indices that carry activations (None: every input).
     `q_output`: the fused kernel needs a Q on the output ("always") or may write float ("optional").
     `cpu`: whether the CPU execution provider has the int8 kernel.
+    `table`: the int8 kernel is a lookup table over the 256 input codes: from an int8 input,
+    table + a DQ of its output costs less than a DQ + the float op (no exp per element), so an
+    int8 input alone earns it int8, float readers or not.
     """
 
     kind: Kind
@@ -35,6 +39,7 @@ class OpRule:
     q_output: Literal["always", "optional", "shared"] = "always"
     cpu: bool = True
     min_opset: int = 1
+    table: bool = False
 
 
 RULES: dict[str, OpRule] = {
@@ -44,8 +49,8 @@ RULES: dict[str, OpRule] = {
     "MatMul": OpRule("weighted", activations=(0, 1), q_output="optional"),
     "AveragePool": OpRule("unary"),
     "GlobalAveragePool": OpRule("unary"),
-    "LeakyRelu": OpRule("unary"),
-    "Sigmoid": OpRule("unary"),
+    "LeakyRelu": OpRule("unary", table=True),
+    "Sigmoid": OpRule("unary", table=True),
     "Add": OpRule("binary", activations=(0, 1)),
     "Mul": OpRule("binary", activations=(0, 1)),
     "Concat": OpRule("variadic", activations=None),

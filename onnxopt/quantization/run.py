@@ -39,6 +39,8 @@ from onnxopt.quantization.equalize import (
 )
 from onnxopt.quantization.fallback import (
     SENSITIVITY_SAMPLES,
+    FallbackResult,
+    search_coarse_to_fine,
     search_fallback,
     tensor_units,
 )
@@ -103,8 +105,11 @@ class QuantRun:
         calibrator = Calibrator(model, self.data, self.options, self.provider)
         self.refine(model, plan, calibrator)
         quantized = self.assemble(model, plan, calibrator)
-        if self.options.target_cosine is not None or self.options.target_top1 is not None:
-            quantized, plan = self.fallback(model, dtypes, config, plan, calibrator, quantized)
+        targets = self.fallback_targets()
+        if targets is not None:
+            quantized, plan = self.fallback(
+                model, dtypes, config, plan, calibrator, quantized, targets
+            )
         self.stats.update(
             {
                 "method": self.options.method,
@@ -230,8 +235,18 @@ class QuantRun:
         remove_dead_code(quantized)
         return quantized
 
-    def fallback(self, model, dtypes, config, plan, calibrator, quantized):
-        """Keep the most sensitive nodes float until the fidelity targets are met."""
+    def fallback_targets(self) -> tuple[float | None, float | None] | None:
+        """(target cosine, target top-1) of the fallback search, or None for no search: the
+        options' targets, else the gate's `min_cosine` plus the `auto_fallback` margin."""
+        options = self.options
+        if options.target_cosine is not None or options.target_top1 is not None:
+            return options.target_cosine, options.target_top1
+        if options.auto_fallback is None:
+            return None
+        return min(1.0, options.min_cosine + options.auto_fallback), None
+
+    def fallback(self, model, dtypes, config, plan, calibrator, quantized, targets):
+        """Keep the most sensitive nodes float until the fidelity `targets` are met."""
         # Judged on calibration samples: the manager's fidelity data stays unseen by passes.
         data = self.data
         plans: dict[frozenset[str], Plan] = {frozenset(): plan}
@@ -243,23 +258,31 @@ class QuantRun:
                 )
             return quantized if not kept else self.assemble(model, plans[kept], calibrator)
 
-        units = tensor_units(
-            model.graph, plan.nodes, [t for t in sorted(plan.roots) if t not in plan.constants]
-        )
-        needed = {
-            t for nodes in units.values() for t in self._plan_tensors(model, dtypes, config, nodes)
-        }
-        calibrator.ensure(sorted(needed))
-        result = search_fallback(
-            units,
-            build,
-            ReferenceScorer(model, data, SENSITIVITY_SAMPLES, self.provider),
-            ReferenceScorer(model, data, None, self.provider),
-            self.options.target_cosine,
-            self.options.target_top1,
-        )
+        ranking = ReferenceScorer(model, data, SENSITIVITY_SAMPLES, self.provider)
+        # a target the user set is judged on all the data; the automatic one guards the gate,
+        # which measures on other data anyway: the ranking's samples are enough, and cheap
+        explicit = self.options.target_cosine is not None or self.options.target_top1 is not None
+        judge = ranking if not explicit else ReferenceScorer(model, data, None, self.provider)
+
+        def search(units: dict[str, frozenset[str]]) -> FallbackResult:
+            needed = {
+                t
+                for nodes in units.values()
+                for t in self._plan_tensors(model, dtypes, config, nodes)
+            }
+            calibrator.ensure(sorted(needed))
+            return search_fallback(units, build, ranking, judge, *targets)
+
+        roots = [t for t in sorted(plan.roots) if t not in plan.constants]
+        units = tensor_units(model.graph, plan.nodes, roots)
+        result, units = search_coarse_to_fine(model.graph, units, search)
         kept = result.nodes
         self._report_fallback(result, units)
+        self.stats["fallback"]["targets"] = {
+            "cosine": targets[0],
+            "top1": targets[1],
+            "judged_on_at_most": None if explicit else SENSITIVITY_SAMPLES,  # None: all samples
+        }
         return build(kept), plans.get(kept, plan)
 
     def _report_fallback(self, result, units: dict[str, frozenset[str]]) -> None:

@@ -233,8 +233,10 @@ def matched_outputs(reference: list[str], candidate: list[str]) -> list[str]:
 
 @dataclass
 class Score:
-    """One candidate against the reference: cosine of all outputs taken together, top-1
-    agreement of the first output when it is 2-D logits (else None)."""
+    """One candidate against the reference: the worst output's cosine (as the pass manager's
+    `min_cosine` gate and pruning's probes judge: a small output next to a large one must not
+    hide in their joint cosine), top-1 agreement of the first output when it is 2-D logits
+    (else None)."""
 
     cosine: float
     top1: float | None
@@ -303,12 +305,15 @@ class ReferenceScorer:
 
     def score(self, model: onnx.ModelProto) -> Score:
         session = make_session(model, self.provider, options=session_options(spinning=False))
-        joint, first = _Accumulator("outputs"), _Accumulator("first output")
+        sums = [_Accumulator(o.name) for o in self.reference.get_outputs()]
         feeds = feeds_up_to(self.data, self.max_samples)
         # the references first: their generator must run to its end to fill the cache
         for reference, feed in zip(self._references(), feeds, strict=False):
             outputs = session.run(None, feed, RELEASE)
-            for ref, got in zip(reference, outputs, strict=True):
-                joint.update_sums(np.asarray(ref), np.asarray(got))
-            first.update(np.asarray(reference[0]), np.asarray(outputs[0]))
-        return Score(joint.result().cosine, first.result().top1)
+            sums[0].update(np.asarray(reference[0]), np.asarray(outputs[0]))
+            for acc, ref, got in zip(sums[1:], reference[1:], outputs[1:], strict=True):
+                acc.update_sums(np.asarray(ref), np.asarray(got))
+        results = [acc.result() for acc in sums]
+        cosines = [r.cosine for r in results]
+        worst = math.nan if any(math.isnan(c) for c in cosines) else min(cosines)
+        return Score(worst, results[0].top1)

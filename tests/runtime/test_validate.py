@@ -88,6 +88,28 @@ def test_reference_scorer_compares_per_output_like_compare_sessions():
     assert scorer.worst(reference) == {"cosine": 1.0, "top1_agreement": 1.0}
 
 
+def two_outputs(small_factor: float) -> onnx.ModelProto:
+    """big = 100 x, small = small_factor x: a detector's box and score heads in miniature."""
+    model = onnx.parser.parse_model(
+        HEADER + "g (float[N, 4] x) => (float[N, 4] big, float[N, 4] small) "
+        f"<float k = {{100.0}}, float s = {{{small_factor}}}> "
+        "{ big = Mul(x, k)\n small = Mul(x, s) }"
+    )
+    model.ir_version = 10
+    return model
+
+
+def test_reference_scorer_scores_the_worst_output_not_the_joint_cosine():
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((3, 4)).astype(np.float32)}]
+    data = IterableSource(feeds, input_specs(two_outputs(1.0)))
+    scorer = ReferenceScorer(two_outputs(1.0), data, None)
+    score = scorer.score(two_outputs(-1.0))  # the small output flipped, the big one exact
+    assert score.cosine == pytest.approx(-1.0)  # its joint cosine would be about 0.9998
+    assert score.cosine == pytest.approx(scorer.worst(two_outputs(-1.0))["cosine"])
+    assert not score.meets(0.9, None)
+
+
 def test_top1_and_top5_agreement():
     ref = np.zeros((4, 8), np.float32)
     ref[np.arange(4), [0, 1, 2, 3]] = 1.0  # reference classes 0, 1, 2, 3
