@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import sys
-import traceback
 
 import click
 
 from onnxopt import __version__, api
-from onnxopt.errors import OnnxoptError
+from onnxopt.cli_support import (
+    ExitCodeGroup,
+    interrupt_on_sigterm,
+    provider_option,
+    seed_option,
+    setup_logging,
+    verbosity_options,
+)
 from onnxopt.report.progress import progress_bar, terminal_progress
 from onnxopt.report.run import passes_lines, run_blocks
 from onnxopt.report.tables import (
@@ -29,96 +32,7 @@ from onnxopt.runtime.memory import return_large_blocks
 log = logging.getLogger("onnxopt")
 
 
-class _Group(click.Group):
-    """Maps errors to exit codes: 2 for user errors (one line), 1 for bugs (hint to use -v)."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except OnnxoptError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
-            raise
-        except BrokenPipeError:
-            # The reader (e.g. `head`) is gone; silence the flush of stdout at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
-        except KeyboardInterrupt:
-            click.echo("interrupted: no output written", err=True)
-            sys.exit(130)
-        except Exception as exc:
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                traceback.print_exc()
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(
-                f"internal error: {type(exc).__name__}: {first} (rerun with -v for the traceback)",
-                err=True,
-            )
-            sys.exit(1)
-
-
-def _interrupt_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so temporary files are cleaned up on the way out."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = (
-        logging.ERROR
-        if quiet
-        else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    )
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
-
-
-def _provider_option(text: str):
-    choices = click.Choice(["cpu", "cuda"])
-    return click.option("--provider", type=choices, default="cpu", show_default=True, help=text)
-
-
-def _seed_option(text: str):
-    return click.option("--seed", type=int, default=0, show_default=True, help=text)
-
-
-def _verbosity_options(command):
-    """-v/-q on a command, after its name: the same meaning as before it (they add up)."""
-
-    def more_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
-        if value:
-            ctx.obj["verbose"] += value
-            _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"])
-
-    def quieter(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-        if value:
-            ctx.obj["quiet"] = True
-            _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"])
-
-    command = click.option(
-        "-v",
-        "--verbose",
-        count=True,
-        expose_value=False,
-        callback=more_verbose,
-        help="More logging (-vv: debug, tracebacks); also before the command.",
-    )(command)
-    return click.option(
-        "-q",
-        "--quiet",
-        is_flag=True,
-        expose_value=False,
-        callback=quieter,
-        help="Only errors on stderr, no table; also before the command.",
-    )(command)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ExitCodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxopt")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: debug, tracebacks).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr, no table.")
@@ -128,8 +42,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
     -q and -v work before or after the command name.
     """
-    _setup_logging(verbose, quiet)
-    _interrupt_on_sigterm()
+    setup_logging(verbose, quiet)
+    interrupt_on_sigterm()
     return_large_blocks()
     ctx.obj = {"quiet": quiet, "verbose": verbose}
 
@@ -222,14 +136,14 @@ _preprocess_option = click.option(
 @click.option(
     "--keep-failed", is_flag=True, help="Write the model even when a gate is missed (exit 1)."
 )
-@_provider_option("ONNX Runtime execution provider for checks.")
-@_seed_option("Seed for every random choice; same seed, same output bytes.")
+@provider_option("ONNX Runtime execution provider for checks.")
+@seed_option("Seed for every random choice; same seed, same output bytes.")
 @click.option(
     "--strict",
     is_flag=True,
     help="Abort (exit 1) instead of rolling back a pass that fails its checks.",
 )
-@_verbosity_options
+@verbosity_options
 @click.pass_context
 def optimize(
     ctx,
@@ -295,7 +209,7 @@ def optimize(
 
 @main.command("passes")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_verbosity_options
+@verbosity_options
 def passes_command(as_json: bool) -> None:
     """List the registered passes with their options, defaults and docs.
 
@@ -328,7 +242,7 @@ def _print_blocks(blocks: list[Block]) -> None:
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help=_SHAPE_HELP)
 @click.option("--top", type=int, default=10, show_default=True, help="Layers listed by MACs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-@_verbosity_options
+@verbosity_options
 @click.pass_context
 def inspect_command(ctx, model, shapes, top, as_json):
     """Describe MODEL: inputs/outputs, opsets, op types, parameters, MACs per layer.
@@ -361,9 +275,9 @@ def inspect_command(ctx, model, shapes, top, as_json):
     "--min-top1", type=float, default=None, help="Exit 1 if top-1 agreement (0..1) is lower."
 )
 @click.option("--max-abs", type=float, default=None, help="Exit 1 if a max abs error is higher.")
-@_provider_option("ONNX Runtime execution provider.")
-@_seed_option("Seed for --data random.")
-@_verbosity_options
+@provider_option("ONNX Runtime execution provider.")
+@seed_option("Seed for --data random.")
+@verbosity_options
 @click.pass_context
 def validate_command(
     ctx,
@@ -410,7 +324,7 @@ def validate_command(
 
 @main.command("benchmark")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
-@_provider_option("ONNX Runtime execution provider (cuda: never falls back to CPU).")
+@provider_option("ONNX Runtime execution provider (cuda: never falls back to CPU).")
 @click.option("--batch", type=int, default=None, help="Value of a dynamic batch dim (default 1).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: ORT's).")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per model.")
@@ -427,8 +341,8 @@ def validate_command(
     "matplotlib: pip install 'onnxopt[plot]').",
 )
 @click.option("--no-memory", is_flag=True, help="Skip the memory probe (a child per model).")
-@_seed_option("Seed for random inputs.")
-@_verbosity_options
+@seed_option("Seed for random inputs.")
+@verbosity_options
 @click.pass_context
 def benchmark_command(
     ctx,
