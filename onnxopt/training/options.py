@@ -39,7 +39,10 @@ class DistillOptions:
         True, "mixup between samples; flips and random resized crops of NCHW images"
     )
     train_scales: bool = option(True, "train the activation scales of a quantized model (LSQ)")
-    patience: int = option(3, "stop after this many epochs without improvement", low=1)
+    patience: int = option(
+        3, "stop after this many epochs without improvement, counted once half the schedule "
+        "has run (the learning rate has peaked)", low=1,
+    )
     min_cosine: float = option(
         0.9, "roll back when the output cosine on --val (else the holdout) falls below this",
         low=0.0, high=1.0,

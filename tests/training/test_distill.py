@@ -173,3 +173,14 @@ def test_distill_declines_too_few_samples(tmp_path):
     record = result.report.passes[-1]
     assert record.status == "unchanged"
     assert any("at least 8 calibration samples" in reason for reason in record.skipped)
+
+
+def test_patience_counts_only_once_half_the_schedule_has_run(digits_model, digits_split,
+                                                              tmp_path):
+    """A student that is its teacher never improves: with patience 1 over 6 epochs it stops
+    after the third (the first to end at half the schedule), not after the first."""
+    result = optimize(digits_model, tmp_path / "same.onnx", calib=digits_split[0],
+                      passes="distill{teacher=previous,epochs=6,patience=1,batch_size=64}")
+    record = result.report.passes[-1]
+    assert record.status == "unchanged"
+    assert record.stats["epochs"] == 3, record.stats["history"]
