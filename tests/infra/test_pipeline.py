@@ -43,7 +43,7 @@ def test_full_text_lists_every_option():
     assert (
         text
         == "cleanup{fold_bn=true,fold_constants=true,fold_limit_mb=64.0,remove_passthrough=true,"
-        "fold_pad=true}"
+        "fold_pad=true,div_to_mul=true}"
     )
 
 
