@@ -287,7 +287,7 @@ def results_text(points: list[Point]) -> str:
         "are left out; bench_share calibrated on 128 crops, the others on 1024, so its points "
         "have their own marker. `bench_distill` records no file size: its points are on the "
         "speed plot only. What they show: the `quant` rows sit at 1.7–2.1x the speed and "
-        "0.275 of the size with 86–92 % agreement on both sets; `share` at one sixth of the "
+        "0.275 of the size with 85–93 % agreement on both sets; `share` at one sixth of the "
         "size keeps about fp32's speed, and its agreement falls further on other photos than "
         "on new crops; every `prune{ratio=0.3}` row, with or without `quant`, keeps 73–77 % "
         "on new crops but at most 0.2 % on other photos (it fits the calibration photos); "
