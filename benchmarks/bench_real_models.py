@@ -226,7 +226,8 @@ quant step rolled back holds the same graph as the `cleanup` row, and their spee
 the spread of the measurement. The detector's `cleanup` is accepted within float noise: ONNX
 Runtime's own graph optimizations (on vs off) move its map by up to 1.33e-05 on the same
 held-out pages, more than the 1e-05 of the exactness gate, and a lossless pass may differ by
-up to four times that noise. A row marked "crashed" would be a bug; none is. Silero VAD runs in about a millisecond, so 30 rounds spread its speed-ups by
+up to four times that noise. A row marked "crashed" would be a bug; none is.
+Silero VAD runs in about a millisecond, so 30 rounds spread its speed-ups by
 about 5 %: three interleaved runs of 300 rounds gave `quant` 3.29x/3.22x/3.12x against ORT's
 3.23x/3.21x/3.13x. The layout detector's `quant` time is mostly its fallback search: fully
 int8 its score heads fall to a worst output cosine of about 0.7 on the calibration pages, below

@@ -76,7 +76,6 @@ class DistillRun:
     seed: int = 0
     progress: PassProgress = no_progress
     batch: int = 0
-    fixed: bool = False
     stats: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -95,7 +94,6 @@ class DistillRun:
         samples = load_samples(self.data)
         # a static batch dim (batch-1 exports) is the only batch the graph runs
         fixed = static_batch(input_specs(student))
-        self.fixed = fixed is not None
         self.batch = fixed or self.options.batch_size
         if samples.count < max(MIN_SAMPLES, 2 * self.batch):
             self.skipped.append(f"distill needs at least {max(MIN_SAMPLES, 2 * self.batch)} "
@@ -110,7 +108,9 @@ class DistillRun:
         module.to(device)
         train, stop = split_early_stop(samples, self.options.early_stop, self.seed, fixed or 1)
         self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
-        features = self._features(module, student, teacher, train, threads)
+        # a static batch (batch-1 exports) pairs in its own batch
+        pairing = train.take(np.arange(min(train.count, fixed or MATCH_ROWS)))
+        features = self._features(module, student, teacher, pairing, threads)
         module.extra = [match.name for match in features]
         teacher_session = make_session(
             expose_tensors(teacher, module.extra), self.provider,
@@ -128,16 +128,14 @@ class DistillRun:
         written = write_back(student, module.constant_values())
         return self._verdict(student, written, labeller, stop)
 
-    def _features(self, module: GraphModule, student, teacher, train: Samples,
+    def _features(self, module: GraphModule, student, teacher, feed: Feed,
                   threads: int) -> list[FeatureMatch]:
-        """The feature term's tensors, paired channel by channel on one training batch (see
+        """The feature term's tensors, paired channel by channel on `feed` (see
         `training.features`)."""
         candidates = candidate_features(student, teacher) if self.options.features else []
         if not candidates:
             self.stats["features"] = {"candidates": 0, "used": 0}
             return []
-        feed = train.take(np.arange(min(train.count, self.batch if self.fixed else
-                                        MATCH_ROWS)))
         session = make_session(expose_tensors(teacher, candidates), self.provider,
                                options=session_options(threads=threads, spinning=False))
         teacher_values = session.run(candidates, feed)

@@ -72,13 +72,15 @@ def _populate(root: Path, target: Path) -> None:
     (target / _MARKER).write_text(f"onnx=={ONNX_VERSION}\n")
 
 
-def _download_wheel(folder: Path) -> Path:
+def pip_download(spec: str, folder: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`pip download spec` (the wheel alone, no dependencies) into `folder`; raises
+    subprocess.TimeoutExpired past `timeout` seconds."""
     command = [
         sys.executable,
         "-m",
         "pip",
         "download",
-        f"onnx=={ONNX_VERSION}",
+        spec,
         "--no-deps",
         "--only-binary=:all:",
         "--disable-pip-version-check",
@@ -86,7 +88,11 @@ def _download_wheel(folder: Path) -> Path:
         "-d",
         str(folder),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def _download_wheel(folder: Path) -> Path:
+    done = pip_download(f"onnx=={ONNX_VERSION}", folder, timeout=900)
     wheels = sorted(folder.glob(f"onnx-{ONNX_VERSION}-*.whl"))
     if done.returncode != 0 or not wheels:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]

