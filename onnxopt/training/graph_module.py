@@ -171,7 +171,7 @@ class GraphModule(nn.Module):
                   enumerate(self._frozen_names)}
         for item in self.plan.trainables:
             latent = self._latent(item)
-            if item.kind == "direct":
+            if item.kind in ("direct", "codebook"):
                 values[item.name] = latent
             elif item.kind == "log_scale":
                 # s0 * exp(u), u = 0 at first: an untrained scale is exactly the graph's

@@ -14,7 +14,7 @@ class DistillOptions:
     teacher: Literal["input", "previous"] = option(
         "input", "the model to learn from: the pipeline's input, or the model before this pass"
     )
-    epochs: int = option(8, "passes over the training samples (fewer when max_seconds ends it)",
+    epochs: int = option(16, "passes over the training samples (fewer when max_seconds ends it)",
                          low=1, high=1000)
     max_seconds: float = option(600.0, "wall-clock budget of the training loop", low=1.0)
     lr: float = option(
@@ -23,6 +23,11 @@ class DistillOptions:
     )
     scale_lr: float = option(1e-3, "Adam learning rate of log activation scales", low=0.0,
                              high=1.0)
+    codebook_lr: float = option(
+        2e-5, "Adam learning rate of share codebooks (centroids and their channel scales), "
+        "relative as lr: an entry stands for many weights and a step moves them all",
+        low=0.0, high=1.0,
+    )
     batch_size: int = option(16, "samples per step", low=1, high=4096)
     temperature: float = option(2.0, "softening of class outputs in the KL term", low=0.1,
                                 high=100.0)

@@ -83,8 +83,10 @@ class DistillRun:
         """The trained student, or None (reason in `skipped`)."""
         plan = plan_training(student, scales=self.options.train_scales)
         self.skipped.extend(plan.declined)
-        if not plan.trainables:
-            self.skipped.append("nothing to train: no float or int8 weights reach a layer")
+        if not any(learning_rate(self.options, t.kind) > 0 for t in plan.trainables):
+            self.skipped.append("nothing to train: no float or int8 weights reach a layer"
+                                if not plan.trainables else
+                                "nothing to train: every learning rate of its weights is 0")
             return None
         try:
             module = GraphModule(student, plan)
@@ -229,6 +231,11 @@ def student_runner(module: GraphModule, outputs: int):
     return run
 
 
+def learning_rate(options: DistillOptions, kind: str) -> float:
+    """The Adam learning rate of a trainable of `kind` (0: it stays fixed)."""
+    return {"log_scale": options.scale_lr, "codebook": options.codebook_lr}.get(kind, options.lr)
+
+
 WARMUP = 0.1
 """Share of the schedule over which the learning rate ramps up: Adam's first steps move every
 parameter by about the learning rate whatever its gradient, which at full rate costs a trained
@@ -274,12 +281,11 @@ class Trainer:
         self.batch = batch
         self.generator = torch.Generator().manual_seed(seed)
         self.stats: dict = {}
-        latents = [p for item, p in module.named_trainables() if item.kind != "log_scale"]
-        scales = [p for item, p in module.named_trainables() if item.kind == "log_scale"]
-        groups = [{"params": latents, "lr": options.lr, "base": options.lr}]
-        if scales and options.scale_lr > 0:
-            groups.append({"params": scales, "lr": options.scale_lr, "base": options.scale_lr})
-        self.optimizer = torch.optim.Adam(groups)
+        groups: dict[float, list] = {}
+        for item, parameter in module.named_trainables():
+            groups.setdefault(learning_rate(options, item.kind), []).append(parameter)
+        self.optimizer = torch.optim.Adam([{"params": params, "lr": rate, "base": rate}
+                                           for rate, params in groups.items() if rate > 0])
 
     def fit(self, train: Samples, stop: Samples) -> Score | None:
         """Train; keep the best epoch on `stop`. None when none beat the start.

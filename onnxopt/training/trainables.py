@@ -6,9 +6,11 @@ layout it came with (a pruned model stays pruned; QDQ stays where ORT fuses it):
 - `direct`: a float constant that reaches a layer's weight or bias input (Conv, ConvTranspose,
   Gemm, MatMul, the affine parameters of BatchNormalization/LayerNormalization/
   InstanceNormalization, the bias Add after a MatMul), possibly through the ops a decoder or an
-  export puts in between (Reshape, Transpose, Mul, Gather, GatherElements...). For a `share`
-  output these are the codebook centroids and the per-channel scales: the indices stay fixed
-  and gradients reach the centroids through the gather.
+  export puts in between (Reshape, Transpose, Mul...).
+- `codebook`: a float constant read through the data input of a Gather/GatherElements: in a
+  `share` output, the codebook centroids and the per-channel scales that multiply them into
+  the decoder's table. The indices stay fixed and gradients reach the table through the
+  gather; each entry stands for many weights, so these train at their own learning rate.
 - `fake_quant`: an int8/uint8 weight read by a DequantizeLinear: it trains as a float latent
   (its dequantized value) rounded straight-through to the graph's integer grid, with the
   graph's scale, zero point and range.
@@ -71,7 +73,7 @@ class Trainable:
     scale is the product of, and its own scale constant."""
 
     name: str
-    kind: str  # direct | fake_quant | log_scale | derived_bias
+    kind: str  # direct | codebook | fake_quant | log_scale | derived_bias
     scale: str = ""
     zero_point: str = ""
     axis: int = 1
@@ -106,11 +108,12 @@ def plan_training(model: onnx.ModelProto, *, scales: bool = True) -> TrainPlan:
             if scale is not None:
                 chosen.setdefault(scale, Trainable(scale, "log_scale"))
     for node, slot in _weight_slots(model.graph, index):
-        for leaf, via_dq in _leaves(node.input[slot], index):
-            item = _classify(leaf, via_dq, node, slot, index, types, chosen, plan.declined)
+        for leaf, via_dq, gathered in _leaves(node.input[slot], index):
+            item = _classify(leaf, via_dq, gathered, node, slot, index, types, chosen,
+                             plan.declined)
             if item is not None and item.name not in chosen:
                 chosen[item.name] = item
-    order = {"log_scale": 0, "direct": 1, "fake_quant": 2, "derived_bias": 3}
+    order = {"log_scale": 0, "direct": 1, "codebook": 2, "fake_quant": 3, "derived_bias": 4}
     plan.trainables = sorted(chosen.values(), key=lambda t: order[t.kind])
     return plan
 
@@ -166,28 +169,33 @@ def _constant_derived(name: str, index: GraphIndex, seen: dict[str, bool] | None
     return seen[name]
 
 
-def _leaves(name: str, index: GraphIndex, via_dq: onnx.NodeProto | None = None):
-    """(constant, the DequantizeLinear it was read through or None) for each constant whose
-    values reach `name` through pass-through ops."""
+GATHERS = frozenset({"Gather", "GatherElements"})
+
+
+def _leaves(name: str, index: GraphIndex, via_dq: onnx.NodeProto | None = None,
+            gathered: bool = False):
+    """(constant, the DequantizeLinear it was read through or None, whether a gather read it)
+    for each constant whose values reach `name` through pass-through ops."""
     if index.is_constant(name):
-        yield name, via_dq
+        yield name, via_dq, gathered
         return
     node = index.producer.get(name)
     if node is None:
         return
     if node.op_type == "DequantizeLinear":
-        yield from _leaves(node.input[0], index, node)
+        yield from _leaves(node.input[0], index, node, gathered)
         return
     carried = PASS_THROUGH.get(node.op_type, ())
     for slot, source in enumerate(node.input):
         if source and (carried is None or slot in carried):
-            yield from _leaves(source, index, via_dq)
+            yield from _leaves(source, index, via_dq, gathered or node.op_type in GATHERS)
 
 
-def _classify(leaf, via_dq, layer, slot, index, types, chosen, declined) -> Trainable | None:
+def _classify(leaf, via_dq, gathered, layer, slot, index, types, chosen,
+              declined) -> Trainable | None:
     dtype = types.get(leaf)
     if via_dq is None:
-        return Trainable(leaf, "direct") if dtype == FLOAT else None
+        return Trainable(leaf, "codebook" if gathered else "direct") if dtype == FLOAT else None
     if via_dq.input[0] != leaf:
         declined.append(f"'{leaf}': integer codes read through a decoder before "
                         f"DequantizeLinear '{via_dq.name}' stay fixed")

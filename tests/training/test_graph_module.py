@@ -107,9 +107,12 @@ def test_quantized_plan_trains_weights_scales_and_biases(digits_variants):
 def test_shared_plan_trains_centroids_not_indices(digits_variants):
     model = digits_variants["share"]
     plan = plan_training(model)
-    names = {t.name for t in plan.trainables}
-    assert any(name.endswith("share_codebook") for name in names)
-    assert not any("share_idx" in name for name in names)
+    kinds = {t.name: t.kind for t in plan.trainables}
+    tables = [name for name in kinds if name.endswith(("share_codebook", "share_scale"))]
+    assert any(name.endswith("share_codebook") for name in tables)
+    # the decoder's table trains at codebook_lr; every other float weight at lr
+    assert {name for name, kind in kinds.items() if kind == "codebook"} == set(tables)
+    assert not any("share_idx" in name for name in kinds)
 
 
 def test_int8_codebooks_stay_fixed_and_say_so(digits_variants):
