@@ -1,5 +1,15 @@
-"""A fusion the torch view makes for training speed: QuantizeLinear -> DequantizeLinear on an
-activation runs as one fake-quantize kernel.
+"""Fusions the torch view makes for training speed and memory.
+
+Conv -> BatchNormalization (inference) runs as one convolution with the normalization folded
+into its weight and bias on every call, so gradients still reach the Conv's weights and the
+BatchNormalization's scale and shift (a `share` output keeps its BatchNormalizations: cleanup
+did not run before it). Unfused, the normalization keeps one more activation-sized tensor
+per layer for its backward pass: MobileNetV2 `share{target_ratio=6}` at batch 16 held
+2.05 GB after its forward pass, 1.17 GB fused. A Conv whose output something else reads, or
+that is a graph output, stays as it is; the fused Conv's own output is not computed (the
+feature term does not offer it, see `GraphModule.computed`).
+
+QuantizeLinear -> DequantizeLinear on an activation runs as one fake-quantize kernel.
 
 In a `quant` output, every activation passes through a QuantizeLinear whose integers only its
 DequantizeLinear partners read. Run as written, that is six or more passes over each
@@ -28,6 +38,7 @@ import torch
 
 from onnxopt.ir.graph import GraphIndex
 from onnxopt.training.nodes import Handler, Inputs, NodeView, Tensor
+from onnxopt.training.ops_nn import conv
 from onnxopt.training.ops_quant import RANGES, dequantize_linear, quantize_linear
 
 log = logging.getLogger(__name__)
@@ -39,6 +50,57 @@ fast enough, and small models (the tests' digits CNN) never pay the compile (abo
 the first time on this machine, cached on disk after)."""
 
 Step = tuple[NodeView, Handler]
+
+
+def fuse_conv_batchnorm(steps: list[Step], index: GraphIndex) -> list[Step]:
+    """`steps` with each Conv that only an inference BatchNormalization reads replaced by one
+    step writing the BatchNormalization's output."""
+    fused: dict[int, Step] = {}
+    dropped: set[int] = set()
+    for view, _ in steps:
+        conv_node = _conv_before(view, index)
+        if conv_node is not None:
+            fused[id(conv_node)] = _conv_batchnorm_step(conv_node, view)
+            dropped.add(id(view.node))
+    out = []
+    for step in steps:
+        if id(step[0].node) in dropped:
+            continue
+        out.append(fused.get(id(step[0].node), step))
+    return out
+
+
+def _conv_before(view: NodeView, index: GraphIndex) -> onnx.NodeProto | None:
+    """The Conv whose output only this inference BatchNormalization reads, or None."""
+    node = view.node
+    if node.op_type != "BatchNormalization" or view.attr("training_mode", 0):
+        return None
+    if view.attr("spatial", 1) != 1 or any(view.wants_output(i) for i in (1, 2, 3, 4)):
+        return None
+    producer = index.producer.get(node.input[0])
+    if producer is None or producer.op_type != "Conv" or node.input[0] in index.graph_outputs:
+        return None
+    readers = index.consumers.get(node.input[0], [])
+    return producer if len(readers) == 1 and readers[0] is node else None
+
+
+def _conv_batchnorm_step(conv_node: onnx.NodeProto, bn: NodeView) -> Step:
+    conv_inputs = list(conv_node.input) + [""] * (3 - len(conv_node.input))
+    node = onnx.helper.make_node("ConvBatchNormalization", conv_inputs + list(bn.node.input[1:5]),
+                                 [bn.node.output[0]], name=conv_node.name)
+    conv_view = NodeView.of(conv_node, bn.opset)
+    fused = NodeView(node, bn.opset, dict(conv_view.attrs))
+    epsilon = bn.attr("epsilon", 1e-5)
+
+    def run(_: NodeView, inputs: Inputs) -> list[Tensor]:
+        x, weight, bias = inputs[:3]
+        scale, shift, mean, var = inputs[3:7]
+        factor = scale * torch.rsqrt(var + epsilon)
+        weight = weight * factor.reshape([-1] + [1] * (weight.dim() - 1))
+        bias = (-mean if bias is None else bias - mean) * factor + shift
+        return conv(conv_view, [x, weight, bias])
+
+    return fused, run
 
 
 def fuse_fake_quant(steps: list[Step], index: GraphIndex) -> list[Step]:

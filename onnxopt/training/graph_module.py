@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from onnxopt.ir.graph import GraphIndex, constant_node_value, default_opset, has_subgraph_attribute
-from onnxopt.training.fusion import fuse_fake_quant
+from onnxopt.training.fusion import fuse_conv_batchnorm, fuse_fake_quant
 from onnxopt.training.handlers import handler_for
 from onnxopt.training.nodes import NodeView, Unsupported
 from onnxopt.training.ops_quant import CARRIED_INPUTS, round_ste
@@ -46,8 +46,8 @@ class GraphModule(nn.Module):
         opset = default_opset(model)
         carried = _carried_as_float(graph)
         constants = self._constants(graph, carried)
-        self.steps = fuse_fake_quant(_steps(graph, opset, _element_types(model, constants)),
-                                     self.index)
+        steps = _steps(graph, opset, _element_types(model, constants))
+        self.steps = fuse_fake_quant(fuse_conv_batchnorm(steps, self.index), self.index)
         self.trainables: dict[str, Trainable] = {t.name: t for t in self.plan.trainables}
         self.params = nn.ParameterDict()
         self._keys: dict[str, str] = {}
@@ -155,6 +155,11 @@ class GraphModule(nn.Module):
             names.update(i for i in view.node.input if i)
         names.update(self.output_names)
         return names
+
+    def computed(self) -> set[str]:
+        """The tensors a call computes, which `extra` may name (a fused step's inner tensors
+        are not among them, see `fusion`)."""
+        return {o for view, _ in self._run_steps for o in view.node.output if o}
 
     # --- running ---------------------------------------------------------------------------
 

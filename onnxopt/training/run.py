@@ -135,6 +135,8 @@ class DistillRun:
         """The feature term's tensors, paired channel by channel on `feed` (see
         `training.features`)."""
         candidates = candidate_features(student, teacher) if self.options.features else []
+        computed = module.computed()
+        candidates = [name for name in candidates if name in computed]
         if not candidates:
             self.stats["features"] = {"candidates": 0, "used": 0}
             return []

@@ -150,3 +150,41 @@ def test_unsupported_op_is_named():
     model = float_model([node], [("x", [1, 4, 4]), ("s", [1, 1, 4])], [("y", [1, 3])])
     with pytest.raises(Unsupported, match="NonMaxSuppression"):
         GraphModule(model)
+
+
+def test_conv_then_batchnorm_runs_folded_with_gradients_for_both(digits_variants, digits_calib):
+    """The share output keeps its BatchNormalizations: each Conv before one runs as one folded
+    step (ONNX Runtime's numbers), and the Conv's weights and the norm's scale and shift all
+    get gradients; a fused Conv's own output is not offered as a feature."""
+    model = digits_variants["share"]
+    module = GraphModule(model, plan_training(model))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    folded = [view.op_type for view, _ in module.steps].count("ConvBatchNormalization")
+    assert folded == sum(1 for n in model.graph.node if n.op_type == "BatchNormalization") > 0
+    assert not module.computed() & {n.output[0] for n in convs if _read_by_batchnorm(model, n)}
+    assert_parity(model, digits_feed(digits_calib))
+    (logits,) = module(torch.from_numpy(digits_feed(digits_calib)["input"]))
+    logits.pow(2).mean().backward()
+    grads = {item.name: p.grad for item, p in module.named_trainables()}
+    norms = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    for name in [n.input[1] for n in norms] + [n.input[2] for n in norms]:
+        assert grads[name] is not None and torch.any(grads[name] != 0), name
+
+
+def test_a_conv_read_twice_is_not_folded():
+    rng = np.random.default_rng(0)
+    weights = [onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w", (4, 3, 3, 3)), ("g", (4,)), ("b", (4,)), ("m", (4,)))]
+    weights.append(onnx.numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "v"))
+    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             onnx.helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+             onnx.helper.make_node("Add", ["n", "c"], ["y"])]
+    model = float_model(nodes, [("x", [2, 3, 5, 5])], [("y", [2, 4, 5, 5])], weights)
+    module = GraphModule(model, plan_training(model))
+    assert "ConvBatchNormalization" not in [view.op_type for view, _ in module.steps]
+    assert_parity(model, random_feed(model))
+
+
+def _read_by_batchnorm(model: onnx.ModelProto, conv: onnx.NodeProto) -> bool:
+    readers = [n for n in model.graph.node if conv.output[0] in n.input]
+    return len(readers) == 1 and readers[0].op_type == "BatchNormalization"
