@@ -108,9 +108,9 @@ def section(args, body: str) -> str:
 
 `python -m benchmarks.bench_distill`. Each pipeline without and with `distill` (default
 options: at most 16 epochs and 600 s of training, Adam 5e-4 (relative; share codebooks 2e-5),
-batch 16, KL at T=2 on the logits plus normalized MSE on 4 intermediate tensors both graphs compute, each student channel
-paired with the teacher channel it tracks; the epoch with the best early-stopping cosine wins),
-through `onnxopt.api.optimize(..., calib=calib.npz, seed=0)`.
+batch 16, KL at T=2 on the logits plus normalized MSE on 4 intermediate tensors both graphs
+compute, each student channel paired with the teacher channel it tracks; the epoch with the
+best early-stopping cosine wins), through `onnxopt.api.optimize(..., calib=calib.npz, seed=0)`.
 calib.npz: {args.calib_samples} crops of
 {len(gen.CALIBRATION_PHOTOS)} photos (seed {gen.CALIB_SEED}); the tool holds 20 % of them out
 for its own fidelity check, `distill` keeps 15 % of the rest for early stopping and trains on
