@@ -38,7 +38,7 @@ import torch
 
 from onnxopt.ir.graph import GraphIndex
 from onnxopt.training.nodes import Handler, Inputs, NodeView, Tensor
-from onnxopt.training.ops_nn import conv
+from onnxopt.training.ops_nn import batch_norm_factor, batch_norm_problem, conv
 from onnxopt.training.ops_quant import RANGES, dequantize_linear, quantize_linear
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,13 @@ Step = tuple[NodeView, Handler]
 def fuse_conv_batchnorm(steps: list[Step], index: GraphIndex) -> list[Step]:
     """`steps` with each Conv that only an inference BatchNormalization reads replaced by one
     step writing the BatchNormalization's output."""
+    views = {id(view.node): view for view, _ in steps}
     fused: dict[int, Step] = {}
     dropped: set[int] = set()
     for view, _ in steps:
         conv_node = _conv_before(view, index)
         if conv_node is not None:
-            fused[id(conv_node)] = _conv_batchnorm_step(conv_node, view)
+            fused[id(conv_node)] = _conv_batchnorm_step(views[id(conv_node)], view)
             dropped.add(id(view.node))
     out = []
     for step in steps:
@@ -73,9 +74,7 @@ def fuse_conv_batchnorm(steps: list[Step], index: GraphIndex) -> list[Step]:
 def _conv_before(view: NodeView, index: GraphIndex) -> onnx.NodeProto | None:
     """The Conv whose output only this inference BatchNormalization reads, or None."""
     node = view.node
-    if node.op_type != "BatchNormalization" or view.attr("training_mode", 0):
-        return None
-    if view.attr("spatial", 1) != 1 or any(view.wants_output(i) for i in (1, 2, 3, 4)):
+    if node.op_type != "BatchNormalization" or batch_norm_problem(view):
         return None
     producer = index.producer.get(node.input[0])
     if producer is None or producer.op_type != "Conv" or node.input[0] in index.graph_outputs:
@@ -84,18 +83,16 @@ def _conv_before(view: NodeView, index: GraphIndex) -> onnx.NodeProto | None:
     return producer if len(readers) == 1 and readers[0] is node else None
 
 
-def _conv_batchnorm_step(conv_node: onnx.NodeProto, bn: NodeView) -> Step:
-    conv_inputs = list(conv_node.input) + [""] * (3 - len(conv_node.input))
+def _conv_batchnorm_step(conv_view: NodeView, bn: NodeView) -> Step:
+    conv_inputs = list(conv_view.node.input) + [""] * (3 - len(conv_view.node.input))
     node = onnx.helper.make_node("ConvBatchNormalization", conv_inputs + list(bn.node.input[1:5]),
-                                 [bn.node.output[0]], name=conv_node.name)
-    conv_view = NodeView.of(conv_node, bn.opset)
+                                 [bn.node.output[0]], name=conv_view.node.name)
     fused = NodeView(node, bn.opset, dict(conv_view.attrs))
-    epsilon = bn.attr("epsilon", 1e-5)
 
     def run(_: NodeView, inputs: Inputs) -> list[Tensor]:
         x, weight, bias = inputs[:3]
         scale, shift, mean, var = inputs[3:7]
-        factor = scale * torch.rsqrt(var + epsilon)
+        factor = batch_norm_factor(bn, scale, var)
         weight = weight * factor.reshape([-1] + [1] * (weight.dim() - 1))
         bias = (-mean if bias is None else bias - mean) * factor + shift
         return conv(conv_view, [x, weight, bias])

@@ -138,13 +138,26 @@ def _channel_view(t: Tensor, rank: int) -> Tensor:
     return t.reshape([1, -1] + [1] * (rank - 2))
 
 
-def batch_norm(node: NodeView, inputs: Inputs) -> list[Tensor]:
+def batch_norm_problem(node: NodeView) -> str | None:
+    """Why this BatchNormalization is not the inference form the view runs, or None."""
     if node.attr("training_mode", 0) or any(node.wants_output(i) for i in (1, 2, 3, 4)):
-        raise Unsupported("BatchNormalization in training mode (batch statistics)")
+        return "BatchNormalization in training mode (batch statistics)"
     if node.attr("spatial", 1) != 1:
-        raise Unsupported("BatchNormalization with spatial=0")
+        return "BatchNormalization with spatial=0"
+    return None
+
+
+def batch_norm_factor(node: NodeView, scale: Tensor, var: Tensor) -> Tensor:
+    """scale / sqrt(var + epsilon): what the inference form multiplies x - mean by."""
+    return scale * torch.rsqrt(var + node.attr("epsilon", 1e-5))
+
+
+def batch_norm(node: NodeView, inputs: Inputs) -> list[Tensor]:
+    problem = batch_norm_problem(node)
+    if problem:
+        raise Unsupported(problem)
     x, scale, bias, mean, var = inputs[:5]
-    factor = scale * torch.rsqrt(var + node.attr("epsilon", 1e-5))
+    factor = batch_norm_factor(node, scale, var)
     rank = x.dim()
     shifted = x - _channel_view(mean, rank)
     return [shifted * _channel_view(factor, rank) + _channel_view(bias, rank)]
