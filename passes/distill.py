@@ -4,7 +4,8 @@ The pipeline's input model (or, with `teacher=previous`, the model before this p
 teacher, run in ONNX Runtime; this pass's input is the student, run as a trainable torch view
 of its ONNX graph (`onnxopt.training`). The student learns to match the teacher's outputs
 (temperature-softened KL for class scores, normalized MSE otherwise) and a few intermediate
-tensors both graphs share, on augmented calibration samples that the teacher labels afresh;
+tensors both graphs share, on augmented calibration samples that the teacher labels afresh
+(a pruned student trains on them as they are: augmentation cost it fidelity);
 a part of the calibration samples is kept aside to pick the best epoch. What trains: float
 weights and biases of Conv/ConvTranspose/Gemm/MatMul and norms; a `quant` output's int8
 weights (straight-through rounding on its scales), its activation scales (LSQ) and its int32

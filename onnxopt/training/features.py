@@ -53,13 +53,16 @@ class FeatureMatch:
         return value.index_select(1, index)
 
 
-def candidate_features(student: onnx.ModelProto, teacher: onnx.ModelProto) -> list[str]:
+def candidate_features(student: onnx.ModelProto, teacher: onnx.ModelProto,
+                       s_info=None, t_info=None) -> list[str]:
     """Float tensors of rank >= 2 that both graphs compute under one name, where the student's
     shape is the teacher's but for as many or fewer channels (axis 1), in the student's
-    order; graph outputs excluded (the output term has them)."""
+    order; graph outputs excluded (the output term has them). `s_info`, `t_info`: the graphs'
+    inferred shapes, when the caller has them."""
     produced = {o for n in teacher.graph.node for o in n.output}
     outputs = {o.name for o in student.graph.output} | {o.name for o in teacher.graph.output}
-    s_info, t_info = infer_shapes(student), infer_shapes(teacher)
+    s_info = infer_shapes(student) if s_info is None else s_info
+    t_info = infer_shapes(teacher) if t_info is None else t_info
     names = []
     for node in student.graph.node:
         if node.op_type in SKIPPED_PRODUCERS:
@@ -67,6 +70,14 @@ def candidate_features(student: onnx.ModelProto, teacher: onnx.ModelProto) -> li
         names.extend(name for name in node.output if name in produced and name not in outputs
                      and _comparable(name, s_info, t_info))
     return names
+
+
+def narrowed(student: onnx.ModelProto, teacher: onnx.ModelProto) -> list[str]:
+    """The tensors both graphs compute under one name where the student has fewer channels
+    (axis 1) than the teacher: what `prune` thinned."""
+    s_info, t_info = infer_shapes(student), infer_shapes(teacher)
+    return [name for name in candidate_features(student, teacher, s_info, t_info)
+            if s_info.shape(name)[1] < t_info.shape(name)[1]]
 
 
 def _comparable(name: str, s_info, t_info) -> bool:

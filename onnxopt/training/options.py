@@ -40,8 +40,11 @@ class DistillOptions:
         0.15, "share of the calibration samples kept aside to pick the best epoch", low=0.05,
         high=0.5,
     )
-    augment: bool = option(
-        True, "mixup between samples; flips and random resized crops of NCHW images"
+    augment: bool | None = option(
+        None,
+        "mixup between samples; flips and random resized crops of NCHW images. none (auto): "
+        "on, unless the student is pruned (some tensor has fewer channels than the teacher's), "
+        "whose early-stopping fidelity fell under augmentation in every run measured",
     )
     train_scales: bool = option(True, "train the activation scales of a quantized model (LSQ)")
     patience: int = option(

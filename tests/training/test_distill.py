@@ -77,6 +77,7 @@ def test_distill_recovers_a_broken_student_on_held_out_digits(broken, recovered,
     assert runtime["after"]["top1"] > runtime["before"]["top1"]
     features = stats["features"]  # the pruned student's thinned tensors pair with the teacher's
     assert 1 <= features["used"] <= features["paired"] <= features["candidates"], features
+    assert stats["augment"] is False  # auto: a pruned student trains on the samples as they are
 
 
 def test_distill_keeps_the_quantized_layout(broken, recovered):
@@ -142,6 +143,7 @@ def test_cli_reports_distill(tmp_path, digits_model, digits_calib):
     record = json.loads(report.read_text())["passes"][0]
     assert record["name"] == "distill"
     assert "early_stop_before" in record["stats"]
+    assert record["stats"]["augment"] is True  # auto: a full-width student trains augmented
 
 
 def _static_matmul(tmp_path):

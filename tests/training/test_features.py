@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from onnxopt.training.features import candidate_features, match_feature, spread
+from onnxopt.training.features import candidate_features, match_feature, narrowed, spread
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -88,3 +88,9 @@ def test_candidates_are_shared_names_with_as_many_or_fewer_channels():
     assert candidate_features(_conv_chain(5), teacher) == ["h", "r"]
     assert candidate_features(teacher, teacher) == ["h", "r"]
     assert candidate_features(teacher, _conv_chain(5)) == []  # more channels than the teacher
+
+
+def test_narrowed_names_what_pruning_thinned():
+    teacher = _conv_chain(8)
+    assert narrowed(_conv_chain(5), teacher) == ["h", "r"]
+    assert narrowed(teacher, teacher) == []
