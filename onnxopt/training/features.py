@@ -72,10 +72,13 @@ def candidate_features(student: onnx.ModelProto, teacher: onnx.ModelProto,
     return names
 
 
-def narrowed(student: onnx.ModelProto, teacher: onnx.ModelProto) -> list[str]:
+def narrowed(student: onnx.ModelProto, teacher: onnx.ModelProto,
+             s_info=None, t_info=None) -> list[str]:
     """The tensors both graphs compute under one name where the student has fewer channels
-    (axis 1) than the teacher: what `prune` thinned."""
-    s_info, t_info = infer_shapes(student), infer_shapes(teacher)
+    (axis 1) than the teacher: what `prune` thinned. `s_info`, `t_info` as in
+    `candidate_features`."""
+    s_info = infer_shapes(student) if s_info is None else s_info
+    t_info = infer_shapes(teacher) if t_info is None else t_info
     return [name for name in candidate_features(student, teacher, s_info, t_info)
             if s_info.shape(name)[1] < t_info.shape(name)[1]]
 

@@ -13,6 +13,7 @@ in ONNX Runtime and must agree with the torch view before it is returned.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ import torch
 from onnxopt.data.feeds import DataSource, Feed, input_specs, static_batch
 from onnxopt.infra.progress import PassProgress, no_progress
 from onnxopt.ir.graph import constant_node_value, replace_constant
+from onnxopt.ir.shapes import infer_shapes
 from onnxopt.runtime.fidelity import compare_runners
 from onnxopt.runtime.probe import expose_tensors
 from onnxopt.runtime.session import RELEASE, make_session, session_options
@@ -118,15 +120,20 @@ class DistillRun:
         self.stats.update(samples_trained=train.count, samples_early_stop=stop.count)
         # a static batch (batch-1 exports) pairs in its own batch
         pairing = train.take(np.arange(min(train.count, fixed or MATCH_ROWS)))
-        features = self._features(module, student, teacher, pairing, threads)
+        # both uses of the graphs' shared tensors (feature pairing, the pruned-student check)
+        # read one shape inference of each graph
+        shapes = infer_shapes(student), infer_shapes(teacher)
+        features = self._features(module, student, teacher, shapes, pairing, threads)
         module.extra = [match.name for match in features]
         teacher_session = make_session(
             expose_tensors(teacher, module.extra), self.provider,
             options=session_options(threads=threads, spinning=False),
         )
         labeller = Labeller(teacher_session, module.output_names, features)
-        trainer = Trainer(module, labeller, self.options, device, self.seed, self.batch,
-                          self.progress, augmenting=self._augmenting(student, teacher))
+        options = dataclasses.replace(self.options,
+                                      augment=self._augmenting(student, teacher, shapes))
+        trainer = Trainer(module, labeller, options, device, self.seed, self.batch,
+                          self.progress)
         best = trainer.fit(train, stop)
         self.stats.update(trainer.stats)
         if best is None:
@@ -136,7 +143,8 @@ class DistillRun:
         written = write_back(student, module.constant_values())
         return self._verdict(student, written, labeller, stop)
 
-    def _augmenting(self, student: onnx.ModelProto, teacher: onnx.ModelProto) -> bool:
+    def _augmenting(self, student: onnx.ModelProto, teacher: onnx.ModelProto,
+                    shapes: tuple) -> bool:
         """`options.augment`, or when unset: on, unless the student is pruned. A pruned
         MobileNetV2 (prune 0.3, int8) lost early-stopping cosine under augmentation in every
         run (16 epochs: 0.9711 -> 0.9642 after the first, 0.950-0.957 after the rest), and
@@ -148,18 +156,19 @@ class DistillRun:
         if self.options.augment is not None:
             self.stats["augment"] = self.options.augment
             return self.options.augment
-        thinned = narrowed(student, teacher)
+        thinned = narrowed(student, teacher, *shapes)
         self.stats["augment"] = not thinned
         if thinned:
             log.info("distill: no augmentation, the student is pruned (%d tensors narrower "
                      "than the teacher's, e.g. %s)", len(thinned), thinned[0])
         return not thinned
 
-    def _features(self, module: GraphModule, student, teacher, feed: Feed,
+    def _features(self, module: GraphModule, student, teacher, shapes: tuple, feed: Feed,
                   threads: int) -> list[FeatureMatch]:
         """The feature term's tensors, paired channel by channel on `feed` (see
         `training.features`)."""
-        candidates = candidate_features(student, teacher) if self.options.features else []
+        candidates = (candidate_features(student, teacher, *shapes) if self.options.features
+                      else [])
         computed = module.computed()
         candidates = [name for name in candidates if name in computed]
         if not candidates:
@@ -304,9 +313,9 @@ class Trainer:
 
     def __init__(self, module: GraphModule, labeller: Labeller, options: DistillOptions,
                  device: torch.device, seed: int, batch: int,
-                 progress: PassProgress = no_progress, *, augmenting: bool = True) -> None:
+                 progress: PassProgress = no_progress) -> None:
         self.module, self.labeller, self.options, self.device = module, labeller, options, device
-        self.progress, self.augmenting = progress, augmenting
+        self.progress = progress
         self.batch = batch
         self.generator = torch.Generator().manual_seed(seed)
         self.stats: dict = {}
@@ -370,7 +379,7 @@ class Trainer:
             yield np.sort(order[begin : begin + size])
 
     def _step(self, feed: Feed, step: int, total: int, outputs: int) -> float:
-        if self.augmenting:
+        if self.options.augment:
             feed = augment(feed, self.generator)
         targets = [torch.from_numpy(np.asarray(t)).to(self.device) for t in self.labeller(feed)]
         inputs = tensors(feed, self.module.input_names, self.device)
