@@ -8,8 +8,9 @@ tensors both graphs share, on augmented calibration samples that the teacher lab
 (a pruned student trains on them as they are: augmentation cost it fidelity);
 a part of the calibration samples is kept aside to pick the best epoch. What trains: float
 weights and biases of Conv/ConvTranspose/Gemm/MatMul and norms; a `quant` output's int8
-weights (straight-through rounding on its scales), its activation scales (LSQ) and its int32
-biases; a `share` output's codebook centroids and channel scales (at `codebook_lr`: each
+weights (straight-through rounding on its scales; in QDQ and in the dynamic pattern it writes
+for transformers, MatMulInteger with the weight scale in the Mul after it), its activation
+scales (LSQ) and its int32 biases; a `share` output's codebook centroids and channel scales (at `codebook_lr`: each
 entry moves many weights at once). Shapes and element types never change, so a
 pruned model stays pruned and a quantized one keeps the QDQ layout ONNX Runtime fuses.
 

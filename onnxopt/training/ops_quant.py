@@ -1,4 +1,4 @@
-"""Quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, BitShift.
+"""Quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, BitShift.
 
 Quantized values are carried as float tensors holding integers (float32, float64 for float64
 inputs), so gradients pass (see `nodes`); real integer tensors are accepted too.
@@ -12,6 +12,11 @@ inputs), so gradients pass (see `nodes`); real integer tensors are accepted too.
 - DequantizeLinear: (x - zero_point) * scale, per-axis too, int32 inputs without zero point;
   float8/4-bit inputs whose type says so are declined.
 - DynamicQuantizeLinear: uint8 range from min(0, min x) .. max(0, max x), as ONNX.
+- MatMulInteger: (A - a_zero_point) @ (B - b_zero_point) on the carried values, so gradients
+  reach both sides (quant's dynamic pattern, `onnxopt/quantization/dynamic.py`, trains through
+  it). b_zero_point per column (1-D of N) as ONNX Runtime; a per-row a_zero_point, which ONNX
+  Runtime refuses too, is declined. Sums are exact in float32 up to 2^24 (K <= 514 at the
+  extremes of uint8 x int8), within float32 rounding beyond.
 - BitShift: direction LEFT/RIGHT on uint8 (and uint16/uint32 through int64), bits shifted
   out of the type are lost, as the codebook decoder (`onnxopt/ir/codebook.py`) expects.
 
@@ -55,8 +60,8 @@ _SMALL_FLOATS = frozenset(
     )
     if hasattr(_T, name)
 )
-CARRIED_INPUTS = {"QuantizeLinear": (2,), "DequantizeLinear": (0, 2)}
-CARRIED_OUTPUTS = {"QuantizeLinear": (0,), "DynamicQuantizeLinear": (0, 2)}
+CARRIED_INPUTS = {"QuantizeLinear": (2,), "DequantizeLinear": (0, 2), "MatMulInteger": (0, 1, 2, 3)}
+CARRIED_OUTPUTS = {"QuantizeLinear": (0,), "DynamicQuantizeLinear": (0, 2), "MatMulInteger": (0,)}
 
 
 def round_ste(v: Tensor) -> Tensor:
@@ -133,6 +138,23 @@ def dynamic_quantize_linear(node: NodeView, inputs: Inputs) -> list[Tensor]:
     return [y, scale, zero_point]
 
 
+def matmul_integer(node: NodeView, inputs: Inputs) -> list[Tensor]:
+    a, b = inputs[0], inputs[1]
+    a_zero = inputs[2] if len(inputs) > 2 else None
+    b_zero = inputs[3] if len(inputs) > 3 else None
+    carrier = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+    a, b = a.to(carrier), b.to(carrier)
+    if a_zero is not None:
+        if a_zero.numel() != 1:
+            raise Unsupported("MatMulInteger with a per-row a_zero_point")
+        a = a - a_zero.to(carrier).reshape(())
+    if b_zero is not None:
+        if b_zero.dim() > 1:
+            raise Unsupported("MatMulInteger with a b_zero_point of more than one axis")
+        b = b - b_zero.to(carrier)  # scalar, or one per column: the last axis
+    return [torch.matmul(a, b)]
+
+
 def bit_shift(node: NodeView, inputs: Inputs) -> list[Tensor]:
     x, amount = inputs[0], inputs[1]
     direction = node.attr("direction")
@@ -150,6 +172,7 @@ HANDLERS = {
     "QuantizeLinear": quantize_linear,
     "DequantizeLinear": dequantize_linear,
     "DynamicQuantizeLinear": dynamic_quantize_linear,
+    "MatMulInteger": matmul_integer,
     "BitShift": bit_shift,
 }
 
@@ -157,5 +180,6 @@ ATTRIBUTES = {
     "QuantizeLinear": frozenset({"axis", "saturate", "block_size", "output_dtype"}),
     "DequantizeLinear": frozenset({"axis", "block_size"}),
     "DynamicQuantizeLinear": frozenset(),
+    "MatMulInteger": frozenset(),
     "BitShift": frozenset({"direction"}),
 }

@@ -13,7 +13,10 @@ layout it came with (a pruned model stays pruned; QDQ stays where ORT fuses it):
   gather; each entry stands for many weights, so these train at their own learning rate.
 - `fake_quant`: an int8/uint8 weight read by a DequantizeLinear: it trains as a float latent
   (its dequantized value) rounded straight-through to the graph's integer grid, with the
-  graph's scale, zero point and range.
+  graph's scale, zero point and range. The int8 weight of quant's dynamic pattern
+  (`onnxopt/quantization/dynamic.py`: MatMulInteger -> Cast -> Mul by x_scale * w_scale)
+  trains the same way, with the w_scale constant of that Mul as its per-column scale; its
+  float bias (the Add after the Mul) trains as `direct`.
 - `log_scale`: the scale of a QuantizeLinear on an activation (LSQ-style; trained as a
   log-factor on the graph's value, so it stays positive, moves relative to its size, and is
   exactly the graph's until it trains). Its DequantizeLinear
@@ -46,6 +49,7 @@ WEIGHT_SLOTS = {
     "BatchNormalization": (1, 2),
     "LayerNormalization": (1, 2),
     "InstanceNormalization": (1, 2),
+    "MatMulInteger": (1,),
 }
 """The inputs of each layer type that hold learned parameters (when they are constants)."""
 
@@ -153,7 +157,44 @@ def _weight_slots(graph: onnx.GraphProto, index: GraphIndex) -> Iterator[tuple]:
 
 def _follows_matmul(node: onnx.NodeProto, index: GraphIndex) -> bool:
     producers = [index.producer.get(name) for name in node.input]
-    return any(p is not None and p.op_type == "MatMul" for p in producers)
+    return any(p is not None and (p.op_type == "MatMul" or _rescales_integer_product(p, index))
+               for p in producers)
+
+
+def _rescales_integer_product(node: onnx.NodeProto, index: GraphIndex) -> bool:
+    """Whether `node` is the Mul that turns a MatMulInteger's Cast output back into float."""
+    if node.op_type != "Mul":
+        return False
+    producers = [index.producer.get(name) for name in node.input]
+    return any(p is not None and p.op_type == "Cast" and _integer_product(p, index) is not None
+               for p in producers)
+
+
+def _integer_product(cast: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
+    producer = index.producer.get(cast.input[0])
+    return producer if producer is not None and producer.op_type == "MatMulInteger" else None
+
+
+def _dynamic_weight_scale(layer: onnx.NodeProto, index: GraphIndex) -> str | None:
+    """The w_scale constant of quant's dynamic pattern around MatMulInteger `layer`:
+    DynamicQuantizeLinear(x) -> (x_q, x_scale, _); MatMulInteger(x_q, W, ...) -> Cast ->
+    Mul(., Mul(x_scale, w_scale)). None when the graph holds anything else."""
+    quantizer = index.producer.get(layer.input[0])
+    if quantizer is None or quantizer.op_type != "DynamicQuantizeLinear":
+        return None
+    casts = index.consumers.get(layer.output[0], [])
+    if len(casts) != 1 or casts[0].op_type != "Cast" or node_attr(casts[0], "to", 0) != FLOAT:
+        return None
+    muls = index.consumers.get(casts[0].output[0], [])
+    if len(muls) != 1 or muls[0].op_type != "Mul":
+        return None
+    product = index.producer.get(next(i for i in muls[0].input if i != casts[0].output[0]))
+    if product is None or product.op_type != "Mul" or quantizer.output[1] not in product.input:
+        return None
+    others = [i for i in product.input if i != quantizer.output[1]]
+    if len(others) != 1 or not index.is_constant(others[0]):
+        return None
+    return others[0]
 
 
 def _constant_derived(name: str, index: GraphIndex, seen: dict[str, bool] | None = None) -> bool:
@@ -194,6 +235,8 @@ def _leaves(name: str, index: GraphIndex, via_dq: onnx.NodeProto | None = None,
 def _classify(leaf, via_dq, gathered, layer, slot, index, types, chosen,
               declined) -> Trainable | None:
     dtype = types.get(leaf)
+    if layer.op_type == "MatMulInteger":
+        return _dynamic_weight(leaf, layer, index, types, declined)
     if via_dq is None:
         return Trainable(leaf, "codebook" if gathered else "direct") if dtype == FLOAT else None
     if via_dq.input[0] != leaf:
@@ -209,13 +252,29 @@ def _classify(leaf, via_dq, gathered, layer, slot, index, types, chosen,
 
 def _fake_quant(leaf, dq, types) -> Trainable:
     zero_point = dq.input[2] if len(dq.input) > 2 else ""
-    grid = INTEGER_GRIDS[types[leaf]]
-    if types[leaf] == onnx.TensorProto.INT8:
-        grid = (-127, 127)  # symmetric weights: quant never writes -128 (and ORT's VNNI kernels
-        # would overflow on it), so training keeps to the same range
+    grid = _weight_grid(types[leaf])
     axis = node_attr(dq, "axis", 1)
     return Trainable(leaf, "fake_quant", scale=dq.input[1], zero_point=zero_point, axis=axis,
                      grid=grid)
+
+
+def _weight_grid(dtype: int) -> tuple[int, int]:
+    if dtype == onnx.TensorProto.INT8:
+        return (-127, 127)  # symmetric weights: quant never writes -128 (and ORT's VNNI
+        # kernels would overflow on it), so training keeps to the same range
+    return INTEGER_GRIDS[dtype]
+
+
+def _dynamic_weight(leaf, layer, index, types, declined) -> Trainable | None:
+    scale = _dynamic_weight_scale(layer, index)
+    if scale is None or layer.input[1] != leaf or types.get(leaf) not in INTEGER_GRIDS:
+        declined.append(f"'{leaf}': integer weight of MatMulInteger '{layer.name}' outside "
+                        "quant's dynamic pattern (Cast, then a Mul by x_scale * w_scale), fixed")
+        return None
+    zero_point = layer.input[3] if len(layer.input) > 3 else ""
+    grid = _weight_grid(types[leaf])
+    # one scale per output column: the last axis of the (K, N) weight
+    return Trainable(leaf, "fake_quant", scale=scale, zero_point=zero_point, axis=-1, grid=grid)
 
 
 def _derived_bias(leaf, dq, layer, index, chosen, declined) -> Trainable | None:

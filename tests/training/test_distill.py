@@ -186,3 +186,30 @@ def test_patience_counts_only_once_half_the_schedule_has_run(digits_model, digit
     record = result.report.passes[-1]
     assert record.status == "unchanged"
     assert record.stats["epochs"] == 3, record.stats["history"]
+
+
+def test_distill_trains_a_dynamic_int8_transformer(transformer_path, tmp_path):
+    """quant writes the transformer's MatMuls as dynamic int8 (MatMulInteger); distill trains
+    their int8 weights in place. A student pruned without refit: distill keeps its layout and
+    cuts its error on sequences it did not train on (measured: 0.036 -> 0.007)."""
+    rng = np.random.default_rng(8)
+    calib, held_out = tmp_path / "calib.npz", rng.standard_normal((200, 16, 32))
+    np.savez(calib, input=rng.standard_normal((256, 16, 32)).astype(np.float32))
+    student = "prune{ratio=0.3,reconstruct=false,min_cosine=0},quant{min_cosine=0}"
+    quant, distilled = tmp_path / "q.onnx", tmp_path / "qd.onnx"
+    optimize(transformer_path, quant, passes=student, calib=calib, seed=0)
+    result = optimize(transformer_path, distilled, calib=calib, seed=0,
+                      passes=f"{student},distill{{epochs=3,lr=5e-3,min_cosine=0}}")
+    record = result.report.passes[-1]
+    assert record.status == "changed", record.skipped
+    layers = [n for n in onnx.load(quant).graph.node if n.op_type == "MatMulInteger"]
+    assert record.stats["trained"]["fake_quant"] == len(layers) > 0
+    assert layout(onnx.load(distilled)) == layout(onnx.load(quant))
+
+    def error(path) -> float:
+        feed = {"input": held_out.astype(np.float32)}
+        want = ort.InferenceSession(str(transformer_path)).run(None, feed)[0]
+        got = ort.InferenceSession(str(path)).run(None, feed)[0]
+        return float(np.square(got - want).sum() / np.square(want).sum())
+
+    assert error(distilled) < 0.5 * error(quant), (error(distilled), error(quant))

@@ -85,6 +85,56 @@ def test_transformer_matches_onnxruntime(transformer_path):
     assert_parity(model, random_feed(model, seed=3, batch=4))
 
 
+@pytest.fixture(scope="module")
+def dynamic_transformer(transformer_path, tmp_path_factory) -> onnx.ModelProto:
+    """The small transformer through `quant`: dynamic int8 MatMuls (MatMulInteger)."""
+    out = tmp_path_factory.mktemp("dynamic")
+    calib = out / "calib.npz"
+    rng = np.random.default_rng(4)
+    np.savez(calib, input=rng.standard_normal((64, 16, 32)).astype(np.float32))
+    optimize(transformer_path, out / "quant.onnx", passes="quant", calib=calib)
+    model = onnx.load(out / "quant.onnx")
+    assert any(n.op_type == "MatMulInteger" for n in model.graph.node)
+    return model
+
+
+def test_dynamic_int8_transformer_matches_onnxruntime(dynamic_transformer):
+    assert_parity(dynamic_transformer, random_feed(dynamic_transformer, seed=3, batch=4))
+
+
+def test_dynamic_int8_weights_train_on_their_grid_with_the_scale_of_their_mul(
+        dynamic_transformer):
+    """Each MatMulInteger's int8 weight trains straight-through on its (-127, 127) grid, its
+    scale the constant that quant multiplies into x_scale * w_scale; the bias after it trains
+    in float; every trainable gets a gradient; untouched, write-back changes no value."""
+    model = dynamic_transformer
+    plan = plan_training(model)
+    layers = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    by_name = {t.name: t for t in plan.trainables}
+    scales = {n.input[1] for n in model.graph.node if n.op_type == "Mul"}
+    for layer in layers:
+        item = by_name[layer.input[1]]
+        assert item.kind == "fake_quant" and item.grid == (-127, 127)
+        assert item.scale in scales and item.zero_point == layer.input[3]
+    assert plan.counts()["fake_quant"] == len(layers) and not plan.declined
+    rescaled = {n.output[0] for n in model.graph.node if n.op_type == "Mul"
+                and any(i.endswith("_float") for i in n.input)}
+    biases = [n.input[1] for n in model.graph.node if n.op_type == "Add" and n.input[0] in
+              rescaled]
+    assert biases and all(by_name[b].kind == "direct" for b in biases)
+    module = GraphModule(model, plan)
+    (out,) = module(torch.from_numpy(random_feed(model, seed=5, batch=4)["input"]))
+    out.pow(2).mean().backward()
+    missing = [item.name for item, p in module.named_trainables()
+               if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing
+    written = write_back(model, GraphModule(model, plan).constant_values())
+    for before, after in zip(model.graph.initializer, written.graph.initializer, strict=True):
+        a, b = onnx.numpy_helper.to_array(before), onnx.numpy_helper.to_array(after)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=1e-6, err_msg=before.name)
+
+
 def test_mobilenet_matches_onnxruntime(mobilenet_path):
     model = onnx.load(mobilenet_path)
     assert_parity(model, random_feed(model, seed=1, batch=2))

@@ -777,6 +777,21 @@ def _quant_cases() -> list:
             name="int32",
         ),
         case("DynamicQuantizeLinear", [x], opset=11, outputs=3),
+        case("MatMulInteger", [q_u8, q_i8[0].T.copy()], opset=10, name="no-zero-points"),
+        case(
+            "MatMulInteger",
+            [q_u8, RNG.integers(-127, 128, (4, 5)).astype(np.int8), u8,
+             RNG.integers(-3, 4, 5).astype(np.int8)],
+            opset=10,
+            name="per-column",
+        ),
+        case(
+            "MatMulInteger",
+            [RNG.integers(0, 256, (3, 300)).astype(np.uint8),
+             RNG.integers(-127, 128, (300, 2)).astype(np.int8), u8, np.array(0, np.int8)],
+            opset=10,
+            name="long-sums",
+        ),
         case(
             "BitShift",
             [q_u8, np.array([[[1]], [[7]]], np.uint8)],
@@ -927,6 +942,9 @@ def test_handlers_decline_what_they_cannot_run_exactly() -> None:
     training = [x, np.array(0.5, np.float32), np.array(True)]
     assert "training" in _declines("Dropout", training, {}, 13)
     assert "uint64" in _declines("Add", [np.array([1], np.uint64)] * 2, {}, 14)
+    rows = np.array([1, 2], np.uint8)  # one zero point per row of A: ONNX Runtime refuses it too
+    a, b = np.zeros((2, 3), np.uint8), np.zeros((3, 4), np.int8)
+    assert "per-row" in _declines("MatMulInteger", [a, b, rows], {}, 10)
 
 
 # --- gradients ------------------------------------------------------------------------------
