@@ -165,14 +165,10 @@ def _rescales_integer_product(node: onnx.NodeProto, index: GraphIndex) -> bool:
     """Whether `node` is the Mul that turns a MatMulInteger's Cast output back into float."""
     if node.op_type != "Mul":
         return False
-    producers = [index.producer.get(name) for name in node.input]
-    return any(p is not None and p.op_type == "Cast" and _integer_product(p, index) is not None
-               for p in producers)
-
-
-def _integer_product(cast: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
-    producer = index.producer.get(cast.input[0])
-    return producer if producer is not None and producer.op_type == "MatMulInteger" else None
+    casts = [index.producer.get(name) for name in node.input]
+    products = [index.producer.get(c.input[0]) for c in casts if c is not None and
+                c.op_type == "Cast"]
+    return any(p is not None and p.op_type == "MatMulInteger" for p in products)
 
 
 def _dynamic_weight_scale(layer: onnx.NodeProto, index: GraphIndex) -> str | None:
