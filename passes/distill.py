@@ -10,9 +10,10 @@ a part of the calibration samples is kept aside to pick the best epoch. What tra
 weights and biases of Conv/ConvTranspose/Gemm/MatMul and norms; a `quant` output's int8
 weights (straight-through rounding on its scales; in QDQ and in the dynamic pattern it writes
 for transformers, MatMulInteger with the weight scale in the Mul after it), its activation
-scales (LSQ) and its int32 biases; a `share` output's codebook centroids and channel scales (at `codebook_lr`: each
-entry moves many weights at once). Shapes and element types never change, so a
-pruned model stays pruned and a quantized one keeps the QDQ layout ONNX Runtime fuses.
+scales (LSQ) and its int32 biases; a `share` output's codebook centroids and channel scales
+(at `codebook_lr`: each entry moves many weights at once). Shapes and element types never
+change, so a pruned model stays pruned and a quantized one keeps the QDQ layout ONNX Runtime
+fuses.
 
 Declines (model unchanged, reason in the report): an op or attribute the torch view cannot run
 exactly (named), nothing trainable, no epoch better than the start on the early-stopping

@@ -1,4 +1,5 @@
-"""Quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, BitShift.
+"""Quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger,
+BitShift.
 
 Quantized values are carried as float tensors holding integers (float32, float64 for float64
 inputs), so gradients pass (see `nodes`); real integer tensors are accepted too.
@@ -60,7 +61,11 @@ _SMALL_FLOATS = frozenset(
     )
     if hasattr(_T, name)
 )
-CARRIED_INPUTS = {"QuantizeLinear": (2,), "DequantizeLinear": (0, 2), "MatMulInteger": (0, 1, 2, 3)}
+CARRIED_INPUTS = {
+    "QuantizeLinear": (2,),
+    "DequantizeLinear": (0, 2),
+    "MatMulInteger": (0, 1, 2, 3),
+}
 CARRIED_OUTPUTS = {"QuantizeLinear": (0,), "DynamicQuantizeLinear": (0, 2), "MatMulInteger": (0,)}
 
 
