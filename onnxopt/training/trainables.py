@@ -162,19 +162,26 @@ def _follows_matmul(node: onnx.NodeProto, index: GraphIndex) -> bool:
 
 
 def _rescales_integer_product(node: onnx.NodeProto, index: GraphIndex) -> bool:
-    """Whether `node` is the Mul that turns a MatMulInteger's Cast output back into float."""
+    """Whether `node` is the Mul of quant's dynamic pattern that turns a MatMulInteger's
+    product back into float (see `_dynamic_pattern`)."""
     if node.op_type != "Mul":
         return False
-    casts = [index.producer.get(name) for name in node.input]
-    products = [index.producer.get(c.input[0]) for c in casts if c is not None and
-                c.op_type == "Cast"]
-    return any(p is not None and p.op_type == "MatMulInteger" for p in products)
+    for name in node.input:
+        cast = index.producer.get(name)
+        layer = index.producer.get(cast.input[0]) if cast and cast.op_type == "Cast" else None
+        if layer is not None and layer.op_type == "MatMulInteger":
+            pattern = _dynamic_pattern(layer, index)
+            if pattern is not None and pattern[1] is node:
+                return True
+    return False
 
 
-def _dynamic_weight_scale(layer: onnx.NodeProto, index: GraphIndex) -> str | None:
-    """The w_scale constant of quant's dynamic pattern around MatMulInteger `layer`:
-    DynamicQuantizeLinear(x) -> (x_q, x_scale, _); MatMulInteger(x_q, W, ...) -> Cast ->
-    Mul(., Mul(x_scale, w_scale)). None when the graph holds anything else."""
+def _dynamic_pattern(layer: onnx.NodeProto,
+                     index: GraphIndex) -> tuple[str, onnx.NodeProto] | None:
+    """(the w_scale constant, the rescaling Mul) of quant's dynamic pattern around
+    MatMulInteger `layer`: DynamicQuantizeLinear(x) -> (x_q, x_scale, _);
+    MatMulInteger(x_q, W, ...) -> Cast -> Mul(., Mul(x_scale, w_scale)). None when the graph
+    holds anything else."""
     quantizer = index.producer.get(layer.input[0])
     if quantizer is None or quantizer.op_type != "DynamicQuantizeLinear":
         return None
@@ -190,7 +197,7 @@ def _dynamic_weight_scale(layer: onnx.NodeProto, index: GraphIndex) -> str | Non
     others = [i for i in product.input if i != quantizer.output[1]]
     if len(others) != 1 or not index.is_constant(others[0]):
         return None
-    return others[0]
+    return others[0], muls[0]
 
 
 def _constant_derived(name: str, index: GraphIndex, seen: dict[str, bool] | None = None) -> bool:
@@ -262,15 +269,16 @@ def _weight_grid(dtype: int) -> tuple[int, int]:
 
 
 def _dynamic_weight(leaf, layer, index, types, declined) -> Trainable | None:
-    scale = _dynamic_weight_scale(layer, index)
-    if scale is None or layer.input[1] != leaf or types.get(leaf) not in INTEGER_GRIDS:
+    pattern = _dynamic_pattern(layer, index)
+    if pattern is None or layer.input[1] != leaf or types.get(leaf) not in INTEGER_GRIDS:
         declined.append(f"'{leaf}': integer weight of MatMulInteger '{layer.name}' outside "
                         "quant's dynamic pattern (Cast, then a Mul by x_scale * w_scale), fixed")
         return None
     zero_point = layer.input[3] if len(layer.input) > 3 else ""
     grid = _weight_grid(types[leaf])
     # one scale per output column: the last axis of the (K, N) weight
-    return Trainable(leaf, "fake_quant", scale=scale, zero_point=zero_point, axis=-1, grid=grid)
+    return Trainable(leaf, "fake_quant", scale=pattern[0], zero_point=zero_point, axis=-1,
+                     grid=grid)
 
 
 def _derived_bias(leaf, dq, layer, index, chosen, declined) -> Trainable | None:
