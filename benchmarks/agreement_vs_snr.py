@@ -8,23 +8,38 @@ Gaussian noise, at a range of signal-to-noise ratios (10 log10 of logit power ov
 per sample). It says what an agreement target asks of the error: the SNR that int8 reaches,
 against the SNR a target needs.
 
+Then where the disagreements are: each crop's margin is fp32's top-1 logit minus its second;
+agreement is broken down by margin and by photo, for `quant` and for any further models given
+with `--model LABEL=PATH` (e.g. a `quant,distill` output of the same calibration crops), each
+also with its activations left unrounded (`float_activations`: what its int8 weights alone
+allow). A crop whose two best classes are a fraction of a logit apart flips under an error
+that leaves a confident crop alone, so the share of near-ties in a set bounds the agreement an
+error level can give there.
+
     python -m benchmarks.agreement_vs_snr
+    python -m benchmarks.agreement_vs_snr --model "quant,distill=/tmp/qd.onnx"
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from benchmarks.imagenet_data import CALIBRATION_PHOTOS, OTHER_PHOTOS, photo_crops
+from benchmarks.imagenet_data import CALIBRATION_PHOTOS, OTHER_PHOTOS, photo_crops, photo_names
 from benchmarks.results_file import write_section
 
 BEGIN, END = "<!-- agreement_vs_snr:begin -->", "<!-- agreement_vs_snr:end -->"
 LEVELS = (18, 20, 22, 24, 26, 28, 30, 32, 34, 38)
 DRAWS = 10
+MARGIN_EDGES = (0.25, 0.5, 1.0, 2.0)
+"""Bins of fp32's top-1 minus top-2 logit: below 0.25, 0.25-0.5, ..., 2 and above."""
+NEAR_TIE = 0.5
 
 
 def logits(model: Path, images: np.ndarray) -> np.ndarray:
@@ -46,6 +61,60 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> float:
     return float((reference.argmax(1) == other.argmax(1)).mean())
 
 
+def margins(logits_: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit of each row."""
+    ordered = np.sort(logits_, axis=1)
+    return ordered[:, -1] - ordered[:, -2]
+
+
+def margin_bins(reference: np.ndarray) -> np.ndarray:
+    """Each row's bin in MARGIN_EDGES: 0 below the first edge, len(edges) at or above the last."""
+    return np.searchsorted(np.asarray(MARGIN_EDGES), margins(reference), side="right")
+
+
+def agreement_by(groups: np.ndarray, reference: np.ndarray, other: np.ndarray,
+                 keys) -> list[float | None]:
+    """Top-1 agreement within each group key (None for an empty group)."""
+    same = reference.argmax(1) == other.argmax(1)
+    return [float(same[groups == key].mean()) if np.any(groups == key) else None
+            for key in keys]
+
+
+def float_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a QDQ model whose activations skip rounding: each QuantizeLinear ->
+    DequantizeLinear pair on a computed tensor becomes a Clip to the range the pair can hold
+    (the pair clips: `quant` folds ReLU6 into it). Weights keep their int8 values; what is
+    left of the error is theirs and the ranges'."""
+    from onnx import helper, numpy_helper
+
+    model = copy.deepcopy(model)
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        source = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if source is None or source.op_type != "QuantizeLinear":
+            nodes.append(node)
+            continue
+        scale, zero = constants[source.input[1]], constants[source.input[2]]
+        limits = np.iinfo(zero.dtype)
+        bounds = [f"{node.output[0]}/low", f"{node.output[0]}/high"]
+        for name, level in zip(bounds, (limits.min, limits.max), strict=True):
+            value = np.asarray(scale * (float(level) - zero.astype(np.float32)), np.float32)
+            graph.initializer.append(numpy_helper.from_array(value, name))
+        nodes.append(helper.make_node("Clip", [source.input[0], *bounds], [node.output[0]],
+                                      name=f"{node.name}/clip"))
+    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if n.op_type != "QuantizeLinear" or n.output[0] in read]
+    read = {name for node in nodes for name in node.input}
+    kept = [init for init in graph.initializer if init.name in read]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept)
+    return model
+
+
 def curves(fp32: np.ndarray, quant: np.ndarray, seed: int) -> dict[str, list[float]]:
     """Agreement at each of LEVELS: int8's error rescaled, and Gaussian noise."""
     error = quant - fp32
@@ -65,8 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-samples", type=int, default=1024)
     parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
+                        help="a further MobileNetV2 output to break down beside quant")
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
+    extra = dict(_labelled(text) for text in args.model)
     from benchmarks.mobilenet_v2 import export_mobilenet_v2
     from onnxopt.api import optimize
 
@@ -77,17 +149,64 @@ def main() -> None:
         np.savez(calib, input=photo_crops(args.calib_samples, seed=11, photos=CALIBRATION_PHOTOS))
         quant = folder / "quant.onnx"
         optimize(fp32, quant, passes="quant", calib=calib, seed=0)
-        sets = {"new crops": photo_crops(args.eval_samples, seed=12, photos=CALIBRATION_PHOTOS),
-                "other photos": photo_crops(args.eval_samples, seed=13, photos=OTHER_PHOTOS)}
+        models = {"quant": quant} | extra
+        for label, path in list(models.items()):
+            # the same int8 weights with exact activations: the weights' share of the error
+            unrounded = folder / f"{len(models)}.onnx"
+            onnx.save(float_activations(onnx.load(str(path))), unrounded)
+            models[f"{label}, float activations"] = unrounded
+        sets = {"new crops": (12, CALIBRATION_PHOTOS), "other photos": (13, OTHER_PHOTOS)}
         lines = []
-        for name, images in sets.items():
-            reference, int8 = logits(fp32, images), logits(quant, images)
+        for name, (seed, photos) in sets.items():
+            images = photo_crops(args.eval_samples, seed=seed, photos=photos)
+            reference = logits(fp32, images)
+            outputs = {label: logits(path, images) for label, path in models.items()}
+            int8 = outputs["quant"]
+            names = np.array(photo_names(args.eval_samples, photos=photos))
             lines.append((name, snr_db(reference, int8 - reference), agreement(reference, int8),
-                          curves(reference, int8, seed=len(lines))))
+                          curves(reference, int8, seed=len(lines)),
+                          breakdown(reference, outputs, names, photos)))
     text = render(lines, args)
     print(text)
     if not args.no_results:
         write_section(BEGIN, END, text)
+
+
+def _labelled(text: str) -> tuple[str, Path]:
+    label, sep, path = text.rpartition("=")
+    if not sep or not label or not Path(path).is_file():
+        raise SystemExit(f"--model wants LABEL=PATH to an existing .onnx file, got {text!r}")
+    return label, Path(path)
+
+
+def breakdown(reference: np.ndarray, outputs: dict[str, np.ndarray], names: np.ndarray,
+              photos: tuple[str, ...]) -> dict:
+    """Crop counts and each model's agreement per margin bin and per photo."""
+    bins = margin_bins(reference)
+    keys = range(len(MARGIN_EDGES) + 1)
+    near = margins(reference) < NEAR_TIE
+    return {
+        "overall": {label: (agreement(reference, out), snr_db(reference, out - reference))
+                    for label, out in outputs.items()},
+        "bin_counts": [int(np.sum(bins == key)) for key in keys],
+        "by_bin": {label: agreement_by(bins, reference, out, keys)
+                   for label, out in outputs.items()},
+        "photo_counts": [int(np.sum(names == photo)) for photo in photos],
+        "photo_near_ties": [float(near[names == photo].mean()) for photo in photos],
+        "by_photo": {label: agreement_by(names, reference, out, photos)
+                     for label, out in outputs.items()},
+        "photos": photos,
+    }
+
+
+def _bin_names() -> list[str]:
+    edges = [f"{edge:g}" for edge in MARGIN_EDGES]
+    return ([f"< {edges[0]}"] + [f"{a}–{b}" for a, b in itertools.pairwise(edges)]
+            + [f"≥ {edges[-1]}"])
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def render(lines, args) -> str:
@@ -97,8 +216,14 @@ def render(lines, args) -> str:
            f"on {args.eval_samples} new crops of those photos and {args.eval_samples} crops of "
            "other photos; then the agreement when fp32's logits carry int8's own error rescaled "
            "to each SNR, or independent Gaussian noise at it (mean of "
-           f"{DRAWS} draws). SNR: 10 log10 of logit power over error power.", ""]
-    for name, snr, top1, table in lines:
+           f"{DRAWS} draws). SNR: 10 log10 of logit power over error power. Then where the "
+           "disagreements are: agreement by fp32's margin (its top-1 logit minus its second) "
+           "and by photo, for " + ", ".join(f"`{label}`" for label in lines[0][4]["by_bin"])
+           + f"; near-ties are crops with a margin under {NEAR_TIE:g} logits. A model marked "
+           "*float activations* is the same file with each activation Q/DQ pair replaced by "
+           "a clip to its range: no rounding, so the error left is its int8 weights' (and "
+           "the ranges').", ""]
+    for name, snr, top1, table, parts in lines:
         out.append(f"**{name}**: int8 `quant` reaches {snr:.1f} dB and {100 * top1:.1f} % "
                    "top-1 agreement.")
         out.append("")
@@ -106,6 +231,25 @@ def render(lines, args) -> str:
         out.append("|---|" + "---:|" * len(LEVELS))
         for kind, values in table.items():
             out.append(f"| {kind} | " + " | ".join(f"{100 * v:.1f} %" for v in values) + " |")
+        out.append("")
+        out.append("| model | top-1 agreement | SNR |")
+        out.append("|---|---:|---:|")
+        for label, (agree, level) in parts["overall"].items():
+            out.append(f"| `{label}` | {_percent(agree)} | {level:.1f} dB |")
+        out.append("")
+        out.append("| fp32 margin | " + " | ".join(_bin_names()) + " |")
+        out.append("|---|" + "---:|" * (len(MARGIN_EDGES) + 1))
+        out.append("| crops | " + " | ".join(str(n) for n in parts["bin_counts"]) + " |")
+        for label, values in parts["by_bin"].items():
+            out.append(f"| `{label}` | " + " | ".join(_percent(v) for v in values) + " |")
+        out.append("")
+        out.append("| photo | crops | near-ties | "
+                   + " | ".join(f"`{label}`" for label in parts["by_photo"]) + " |")
+        out.append("|---|---:|---:|" + "---:|" * len(parts["by_photo"]))
+        for index, photo in enumerate(parts["photos"]):
+            cells = [_percent(values[index]) for values in parts["by_photo"].values()]
+            out.append(f"| {photo} | {parts['photo_counts'][index]} | "
+                       f"{_percent(parts['photo_near_ties'][index])} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out).rstrip()
 
