@@ -84,7 +84,8 @@ def float_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of a QDQ model whose activations skip rounding: each QuantizeLinear ->
     DequantizeLinear pair on a computed tensor becomes a Clip to the range the pair can hold
     (the pair clips: `quant` folds ReLU6 into it). Weights keep their int8 values; what is
-    left of the error is theirs and the ranges'."""
+    left of the error is theirs and the ranges'. A pair whose scale or zero point is not a
+    scalar initializer (per-channel, computed) is left as it is."""
     from onnx import helper, numpy_helper
 
     model = copy.deepcopy(model)
@@ -94,14 +95,18 @@ def float_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = []
     for node in graph.node:
         source = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if source is None or source.op_type != "QuantizeLinear":
+        quantized = source is not None and source.op_type == "QuantizeLinear"
+        scale = constants.get(source.input[1]) if quantized else None
+        # no zero point input: uint8 with zero point 0 (the operator's default)
+        zero = (constants.get(source.input[2]) if len(source.input) > 2 and source.input[2]
+                else np.uint8(0)) if quantized else None
+        if scale is None or zero is None or scale.size != 1 or zero.size != 1:
             nodes.append(node)
             continue
-        scale, zero = constants[source.input[1]], constants[source.input[2]]
         limits = np.iinfo(zero.dtype)
         bounds = [f"{node.output[0]}/low", f"{node.output[0]}/high"]
         for name, level in zip(bounds, (limits.min, limits.max), strict=True):
-            value = np.asarray(scale * (float(level) - zero.astype(np.float32)), np.float32)
+            value = np.asarray(scale.item() * (float(level) - float(zero.item())), np.float32)
             graph.initializer.append(numpy_helper.from_array(value, name))
         nodes.append(helper.make_node("Clip", [source.input[0], *bounds], [node.output[0]],
                                       name=f"{node.name}/clip"))

@@ -106,3 +106,20 @@ def test_float_activations_clip_instead_of_rounding_and_keep_int8_weights():
         np.testing.assert_allclose(session.run(None, feed)[0], expected, rtol=1e-6)
     assert not np.allclose(rounded.run(None, {"x": np.array([1.234] * 2, np.float32)})[0],
                            [1.851, -3.085])
+
+
+def test_float_activations_default_zero_point_and_per_channel_pairs():
+    model = _qdq_model()
+    q, dq = model.graph.node[0], model.graph.node[1]
+    del q.input[2], dq.input[2]  # no zero point: uint8 with zero point 0, range [0, 25.5]
+    unrounded = float_activations(model)
+    session = ort.InferenceSession(unrounded.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": np.array([-3.0, 40.0], np.float32)})[0]
+    np.testing.assert_allclose(got, [0.0 * 1.5, 25.5 * -2.5], rtol=1e-6)
+    per_channel = _qdq_model()
+    per_channel.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(np.array([0.1, 0.2], np.float32), "s"))
+    untouched = float_activations(per_channel)
+    assert [n.op_type for n in untouched.graph.node] == [n.op_type for n in
+                                                          per_channel.graph.node]
