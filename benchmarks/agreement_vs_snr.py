@@ -85,39 +85,47 @@ def float_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     DequantizeLinear pair on a computed tensor becomes a Clip to the range the pair can hold
     (the pair clips: `quant` folds ReLU6 into it). Weights keep their int8 values; what is
     left of the error is theirs and the ranges'. A pair whose scale or zero point is not a
-    scalar initializer (per-channel, computed) is left as it is."""
+    scalar constant (per-channel, computed) is left as it is."""
     from onnx import helper, numpy_helper
+
+    from onnxopt.ir.edit import remove_dead_code
+    from onnxopt.ir.graph import GraphIndex
 
     model = copy.deepcopy(model)
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    index = GraphIndex(graph)
     nodes = []
     for node in graph.node:
-        source = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        quantized = source is not None and source.op_type == "QuantizeLinear"
-        scale = constants.get(source.input[1]) if quantized else None
-        # no zero point input: uint8 with zero point 0 (the operator's default)
-        zero = (constants.get(source.input[2]) if len(source.input) > 2 and source.input[2]
-                else np.uint8(0)) if quantized else None
-        if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        source = index.producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        bounds = _pair_range(source, index) if source is not None else None
+        if bounds is None:
             nodes.append(node)
             continue
-        limits = np.iinfo(zero.dtype)
-        bounds = [f"{node.output[0]}/low", f"{node.output[0]}/high"]
-        for name, level in zip(bounds, (limits.min, limits.max), strict=True):
-            value = np.asarray(scale.item() * (float(level) - float(zero.item())), np.float32)
-            graph.initializer.append(numpy_helper.from_array(value, name))
-        nodes.append(helper.make_node("Clip", [source.input[0], *bounds], [node.output[0]],
+        names = [f"{node.output[0]}/low", f"{node.output[0]}/high"]
+        for name, value in zip(names, bounds, strict=True):
+            graph.initializer.append(numpy_helper.from_array(np.float32(value), name))
+        nodes.append(helper.make_node("Clip", [source.input[0], *names], [node.output[0]],
                                       name=f"{node.name}/clip"))
-    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    nodes = [n for n in nodes if n.op_type != "QuantizeLinear" or n.output[0] in read]
-    read = {name for node in nodes for name in node.input}
-    kept = [init for init in graph.initializer if init.name in read]
-    del graph.node[:], graph.initializer[:]
+    del graph.node[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(kept)
+    remove_dead_code(model)  # the QuantizeLinear nodes no one reads now, and their constants
     return model
+
+
+def _pair_range(quantizer: onnx.NodeProto, index) -> tuple[float, float] | None:
+    """The float range a per-tensor QuantizeLinear can hold, or None for another node or a
+    scale / zero point that is not one constant value."""
+    if quantizer.op_type != "QuantizeLinear":
+        return None
+    scale = index.constant(quantizer.input[1])
+    has_zero = len(quantizer.input) > 2 and quantizer.input[2]
+    # no zero point input: uint8 with zero point 0 (the operator's default)
+    zero = index.constant(quantizer.input[2]) if has_zero else np.uint8(0)
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None
+    limits = np.iinfo(zero.dtype)
+    return tuple(scale.item() * (float(level) - float(zero.item()))
+                 for level in (limits.min, limits.max))
 
 
 def curves(fp32: np.ndarray, quant: np.ndarray, seed: int) -> dict[str, list[float]]:
